@@ -1,0 +1,481 @@
+"""Softpick attention as a flash-attention-style Triton kernel (forward and backward).
+
+Causal self-attention, q [B, H, T, D], k and v [B, Hkv, T, D] (GQA: query head h reads kv head
+h // (H // Hkv)), D in {32, 64, 128}, fp16/bf16 inputs (fp32 too: tf32 dots on a GPU) with fp32
+accumulation, any T, optional right padding `seq_lens` (int [B]: keys at positions >= seq_lens[b]
+are masked). Memory is linear in T: per query row the forward keeps one float (L below).
+
+The math (see reference.py): with scores x_ij = q_i.k_j * scale over unmasked keys j,
+    softpick(x)_ij = relu(e^{x_ij - m_i} - e^{-m_i}) / (sum_j |e^{x_ij - m_i} - e^{-m_i}| + eps)
+for any shift m_i; we use m_i = max(0, max_j x_ij), found online: the running max starts at 0,
+so e^{-m} <= 1 never overflows and a row whose scores are all <= 0 gives exact zeros. When the
+running max grows from m_old to m_new, both running sums (relu(a) @ V and sum |a|) are scaled by
+e^{m_old - m_new}, as online softmax does.
+
+Masking trick: a masked score is set to 0 (not -inf). Since e^{0-m} - e^{-m} is exactly 0 in
+floating point, a zero score contributes nothing to either sum, leaves m = max(0, ...) unchanged
+and has zero gradient. Keys beyond seq_len (and beyond T) are therefore loaded as zero vectors,
+which gives score 0 exactly: only diagonal blocks need an explicit (causal) mask.
+
+Everything is computed in the log2 domain (x2 = x * log2(e), exp2). The forward stores per row
+    L_i = m_i + log2(Z_i),   Z_i = sum_j |a_ij| + eps   (a_ij = 2^{x2_ij - m_i} - 2^{-m_i})
+so that the backward recomputes p_ij = relu(2^{x2_ij - L_i} - 2^{-L_i}) with one exp2.
+
+Backward (derived in benchmarks/attention_notes.md): with E_ij = 2^{x2_ij - L_i} = e^{x_ij-m_i}/Z_i,
+A_ij = E_ij - 2^{-L_i} (= a_ij / Z_i, same sign as a_ij), dp_ij = dO_i . v_j and
+Delta_i = sum_j dp_ij p_ij = dO_i . O_i:
+    dL/dx_ij = E_ij * ( [A_ij > 0] dp_ij - sign(A_ij) Delta_i )
+    dq = scale * dS @ K,  dk = scale * dS^T @ Q,  dv = P^T @ dO   (dk, dv summed over a GQA group)
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+try:  # triton is optional: this module must import on machines without it
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only where triton is missing
+    triton = None
+    tl = None
+
+__all__ = ["softpick_attention", "is_available", "SOFTPICK_EPS"]
+
+SOFTPICK_EPS = 1e-6
+LOG2E = 1.4426950408889634
+HEAD_DIMS = (16, 32, 64, 128)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def is_available() -> bool:
+    """True when the kernel can run here: triton is installed and a CUDA device is present."""
+    return triton is not None and torch.cuda.is_available()
+
+
+if triton is not None:
+
+    # ------------------------------------------------------------------ forward
+    @triton.jit
+    def _fwd_inner(acc, den, m_i, q, k_base, v_base, stride_kt, stride_vt, lo, hi,
+                   offs_m, offs_n, offs_d, kv_len, qk_scale,
+                   CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Key blocks [lo, hi). CAUSAL: diagonal/partial blocks (causal mask, keys >= kv_len
+        loaded as zeros); otherwise full blocks with no mask at all."""
+        for start_n in range(lo, hi, BLOCK_N):
+            start_n = tl.multiple_of(start_n, BLOCK_N)
+            cols = start_n + offs_n
+            kt_ptrs = k_base + cols[None, :] * stride_kt + offs_d[:, None]
+            v_ptrs = v_base + cols[:, None] * stride_vt + offs_d[None, :]
+            if CAUSAL:
+                kt = tl.load(kt_ptrs, mask=cols[None, :] < kv_len, other=0.0)
+            else:
+                kt = tl.load(kt_ptrs)
+            qk = tl.dot(q, kt)
+            if CAUSAL:
+                x = tl.where(offs_m[:, None] >= cols[None, :], qk * qk_scale, 0.0)
+                m_new = tl.maximum(m_i, tl.max(x, 1))
+                e = tl.exp2(x - m_new[:, None])
+            else:
+                m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+                e = tl.exp2(qk * qk_scale - m_new[:, None])
+            a = e - tl.exp2(-m_new)[:, None]
+            alpha = tl.exp2(m_i - m_new)
+            den = den * alpha + tl.sum(tl.abs(a), 1)
+            acc = acc * alpha[:, None]
+            if CAUSAL:
+                v = tl.load(v_ptrs, mask=cols[:, None] < kv_len, other=0.0)
+            else:
+                v = tl.load(v_ptrs)
+            p = tl.maximum(a, 0.0)
+            acc = tl.dot(p.to(v.dtype), v, acc)
+            m_i = m_new
+        return acc, den, m_i
+
+    @triton.jit(do_not_specialize=["T"])
+    def _fwd_kernel(Q, K, V, O, L, SEQ_LENS,
+                    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
+                    H, G, T, T_BUCKET, qk_scale, eps,
+                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        # heaviest (last) query blocks first: better tail balance under causal masking
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = (pid_bh // H).to(tl.int64)
+        h = pid_bh % H
+        hk = h // G
+        kv_len = tl.minimum(tl.load(SEQ_LENS + b), T)
+
+        start_m = pid_m * BLOCK_M
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, HEAD_DIM)
+        row_ok = offs_m < T
+
+        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :],
+                    mask=row_ok[:, None], other=0.0)
+        k_base = K + b * skb + hk * skh
+        v_base = V + b * svb + hk * svh
+
+        m_i = tl.zeros([BLOCK_M], dtype=tl.float32)   # running max, started at 0 (exact, see top)
+        den = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+        # full key blocks: strictly below the diagonal block and entirely < kv_len
+        full_hi = tl.minimum(start_m, (kv_len // BLOCK_N) * BLOCK_N)
+        acc, den, m_i = _fwd_inner(acc, den, m_i, q, k_base, v_base, skt, svt, 0, full_hi,
+                                   offs_m, offs_n, offs_d, kv_len, qk_scale, False, BLOCK_N)
+        # diagonal block(s) and the partial block at kv_len
+        diag_hi = tl.minimum(start_m + BLOCK_M, kv_len)
+        acc, den, m_i = _fwd_inner(acc, den, m_i, q, k_base, v_base, skt, svt, full_hi, diag_hi,
+                                   offs_m, offs_n, offs_d, kv_len, qk_scale, True, BLOCK_N)
+
+        z = den + eps
+        out = acc / z[:, None]
+        tl.store(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :],
+                 out.to(O.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(L + pid_bh.to(tl.int64) * T + offs_m, m_i + tl.log2(z), mask=row_ok)
+
+    # ---------------------------------------------------------------- backward
+    @triton.jit(do_not_specialize=["T"])
+    def _bwd_preprocess(O, DO, DELTA, sob, soh, sot, sdb, sdh, sdt, H, T,
+                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = (pid_bh // H).to(tl.int64)
+        h = pid_bh % H
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        ok = offs_m < T
+        o = tl.load(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :],
+                    mask=ok[:, None], other=0.0).to(tl.float32)
+        do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdt + offs_d[None, :],
+                     mask=ok[:, None], other=0.0).to(tl.float32)
+        tl.store(DELTA + pid_bh.to(tl.int64) * T + offs_m, tl.sum(o * do, 1), mask=ok)
+
+    @triton.jit
+    def _dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, delta_base, stride_qt, stride_dot,
+                    lo, hi, offs_n, offs_d, T, qk_scale,
+                    CAUSAL: tl.constexpr, ROW_MASK: tl.constexpr, BLOCK_M: tl.constexpr):
+        """One key block against query blocks [lo, hi), computed transposed ([BLOCK_N, BLOCK_M]).
+        CAUSAL: apply j <= i; ROW_MASK: query rows may run past T (loaded as zeros)."""
+        offs_m0 = tl.arange(0, BLOCK_M)
+        for start_m in range(lo, hi, BLOCK_M):
+            start_m = tl.multiple_of(start_m, BLOCK_M)
+            rows = start_m + offs_m0
+            qt_ptrs = q_base + rows[None, :] * stride_qt + offs_d[:, None]
+            do_ptrs = do_base + rows[:, None] * stride_dot + offs_d[None, :]
+            if ROW_MASK:
+                ok = rows < T
+                qt = tl.load(qt_ptrs, mask=ok[None, :], other=0.0)
+                lr = tl.load(l_base + rows, mask=ok, other=0.0)
+            else:
+                qt = tl.load(qt_ptrs)
+                lr = tl.load(l_base + rows)
+            qkt = tl.dot(k, qt)                               # [BLOCK_N, BLOCK_M]
+            if CAUSAL:
+                x = tl.where(rows[None, :] >= offs_n[:, None], qkt * qk_scale, 0.0)
+                e = tl.exp2(x - lr[None, :])
+            else:
+                e = tl.exp2(qkt * qk_scale - lr[None, :])
+            a = e - tl.exp2(-lr)[None, :]
+            if ROW_MASK:
+                do = tl.load(do_ptrs, mask=ok[:, None], other=0.0)
+                dl = tl.load(delta_base + rows, mask=ok, other=0.0)
+            else:
+                do = tl.load(do_ptrs)
+                dl = tl.load(delta_base + rows)
+            pt = tl.maximum(a, 0.0)
+            dv = tl.dot(pt.to(do.dtype), do, dv)
+            dpt = tl.dot(v, tl.trans(do))                     # [BLOCK_N, BLOCK_M]
+            t = tl.where(a > 0.0, dpt - dl[None, :], tl.where(a < 0.0, dl[None, :], 0.0))
+            dst = e * t
+            dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk)
+        return dk, dv
+
+    @triton.jit(do_not_specialize=["T"])
+    def _bwd_dkdv_kernel(Q, K, V, DO, L, DELTA, DK, DV, SEQ_LENS,
+                         sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt,
+                         sdkb, sdkh, sdkt, sdvb, sdvh, sdvt,
+                         H, HKV, G, T, T_BUCKET, sm_scale, qk_scale,
+                         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        pid_n = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = (pid_bh // HKV).to(tl.int64)
+        hk = pid_bh % HKV
+        kv_len = tl.minimum(tl.load(SEQ_LENS + b), T)
+        start_n = pid_n * BLOCK_N
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, HEAD_DIM)
+
+        dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+        if start_n < kv_len:
+            kmask = offs_n[:, None] < kv_len   # keys >= kv_len as zeros: score 0, no gradient
+            k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skt + offs_d[None, :],
+                        mask=kmask, other=0.0)
+            v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svt + offs_d[None, :],
+                        mask=kmask, other=0.0)
+            diag_hi = start_n + BLOCK_N                        # query rows of the diagonal
+            n_full = tl.maximum(T - diag_hi, 0) // BLOCK_M
+            full_hi = diag_hi + n_full * BLOCK_M
+            for g in range(0, G):
+                h = hk * G + g
+                q_base = Q + b * sqb + h * sqh
+                do_base = DO + b * sdb + h * sdh
+                l_base = L + (b * H + h) * T
+                delta_base = DELTA + (b * H + h) * T
+                dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, delta_base, sqt, sdt,
+                                     start_n, diag_hi, offs_n, offs_d, T, qk_scale,
+                                     True, True, BLOCK_M)
+                dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, delta_base, sqt, sdt,
+                                     diag_hi, full_hi, offs_n, offs_d, T, qk_scale,
+                                     False, False, BLOCK_M)
+                dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, delta_base, sqt, sdt,
+                                     full_hi, T, offs_n, offs_d, T, qk_scale,
+                                     False, True, BLOCK_M)
+        ok = offs_n[:, None] < T
+        tl.store(DK + b * sdkb + hk * sdkh + offs_n[:, None] * sdkt + offs_d[None, :],
+                 (dk * sm_scale).to(DK.dtype.element_ty), mask=ok)
+        tl.store(DV + b * sdvb + hk * sdvh + offs_n[:, None] * sdvt + offs_d[None, :],
+                 dv.to(DV.dtype.element_ty), mask=ok)
+
+    @triton.jit
+    def _dq_inner(dq, q, do, lr, emr, dl, k_base, v_base, stride_kt, stride_vt, lo, hi,
+                  offs_m, offs_n, offs_d, kv_len, qk_scale,
+                  CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr):
+        for start_n in range(lo, hi, BLOCK_N):
+            start_n = tl.multiple_of(start_n, BLOCK_N)
+            cols = start_n + offs_n
+            kt_ptrs = k_base + cols[None, :] * stride_kt + offs_d[:, None]
+            vt_ptrs = v_base + cols[None, :] * stride_vt + offs_d[:, None]
+            if CAUSAL:
+                kt = tl.load(kt_ptrs, mask=cols[None, :] < kv_len, other=0.0)
+                vt = tl.load(vt_ptrs, mask=cols[None, :] < kv_len, other=0.0)
+            else:
+                kt = tl.load(kt_ptrs)
+                vt = tl.load(vt_ptrs)
+            qk = tl.dot(q, kt)
+            if CAUSAL:
+                x = tl.where(offs_m[:, None] >= cols[None, :], qk * qk_scale, 0.0)
+                e = tl.exp2(x - lr[:, None])
+            else:
+                e = tl.exp2(qk * qk_scale - lr[:, None])
+            a = e - emr[:, None]
+            dp = tl.dot(do, vt)
+            t = tl.where(a > 0.0, dp - dl[:, None], tl.where(a < 0.0, dl[:, None], 0.0))
+            ds = e * t
+            dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq)
+        return dq
+
+    @triton.jit(do_not_specialize=["T"])
+    def _bwd_dq_kernel(Q, K, V, DO, L, DELTA, DQ, SEQ_LENS,
+                       sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt,
+                       sdqb, sdqh, sdqt,
+                       H, G, T, T_BUCKET, sm_scale, qk_scale,
+                       HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = (pid_bh // H).to(tl.int64)
+        h = pid_bh % H
+        hk = h // G
+        kv_len = tl.minimum(tl.load(SEQ_LENS + b), T)
+        start_m = pid_m * BLOCK_M
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, HEAD_DIM)
+        ok = offs_m < T
+
+        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :],
+                    mask=ok[:, None], other=0.0)
+        do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdt + offs_d[None, :],
+                     mask=ok[:, None], other=0.0)
+        lr = tl.load(L + pid_bh.to(tl.int64) * T + offs_m, mask=ok, other=0.0)
+        dl = tl.load(DELTA + pid_bh.to(tl.int64) * T + offs_m, mask=ok, other=0.0)
+        emr = tl.exp2(-lr)
+        k_base = K + b * skb + hk * skh
+        v_base = V + b * svb + hk * svh
+
+        dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        full_hi = tl.minimum(start_m, (kv_len // BLOCK_N) * BLOCK_N)
+        dq = _dq_inner(dq, q, do, lr, emr, dl, k_base, v_base, skt, svt, 0, full_hi,
+                       offs_m, offs_n, offs_d, kv_len, qk_scale, False, BLOCK_N)
+        diag_hi = tl.minimum(start_m + BLOCK_M, kv_len)
+        dq = _dq_inner(dq, q, do, lr, emr, dl, k_base, v_base, skt, svt, full_hi, diag_hi,
+                       offs_m, offs_n, offs_d, kv_len, qk_scale, True, BLOCK_N)
+        tl.store(DQ + b * sdqb + h * sdqh + offs_m[:, None] * sdqt + offs_d[None, :],
+                 (dq * sm_scale).to(DQ.dtype.element_ty), mask=ok[:, None])
+
+
+# ------------------------------------------------------------------ configs
+# (BLOCK_M, BLOCK_N, num_warps, num_stages). Forward and dq: BLOCK_M % BLOCK_N == 0 (the
+# diagonal is covered by whole key blocks); dkdv: BLOCK_N % BLOCK_M == 0.
+FWD_CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 4), (128, 32, 4, 4)]
+DKDV_CONFIGS = [(32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3)]
+DQ_CONFIGS = [(128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3)]
+# used when autotuning is off (QBENCH_SOFTPICK_AUTOTUNE=0, the interpreter, or explicit configs)
+DEFAULT_CONFIGS = {
+    "fwd": (128, 64, 8, 3),
+    "dkdv": (32, 64, 4, 3),
+    "dq": (64, 32, 4, 3),
+}
+PREPROCESS_BLOCK = 64
+
+
+def _autotune_enabled() -> bool:
+    return not _interpreting() and os.environ.get("QBENCH_SOFTPICK_AUTOTUNE", "1") != "0"
+
+
+_TUNED = {}
+
+
+def _tuned(name):
+    """The autotuned wrapper of kernel `name` (built once). Keyed on a power-of-2 bucket of T,
+    not T itself, so that every new length of an evaluation batch does not re-tune."""
+    if name not in _TUNED:
+        kernel, configs = {
+            "fwd": (_fwd_kernel, FWD_CONFIGS),
+            "dkdv": (_bwd_dkdv_kernel, DKDV_CONFIGS),
+            "dq": (_bwd_dq_kernel, DQ_CONFIGS),
+        }[name]
+        cfgs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+                for bm, bn, w, s in configs]
+        _TUNED[name] = triton.autotune(configs=cfgs, key=["T_BUCKET", "HEAD_DIM"])(kernel)
+    return _TUNED[name]
+
+
+def _launch(name, kernel, grid_m, grid_bh, args, head_dim, config):
+    """Run `kernel` with a fixed config, or its autotuned wrapper when config is None."""
+    if config is None and _autotune_enabled():
+        tuned = _tuned(name)
+        tuned[lambda meta: (triton.cdiv(grid_m, meta["BLOCK_M" if name != "dkdv" else "BLOCK_N"]),
+                            grid_bh)](*args, HEAD_DIM=head_dim)
+        return
+    bm, bn, w, s = config if config is not None else DEFAULT_CONFIGS[name]
+    blocks = triton.cdiv(grid_m, bn if name == "dkdv" else bm)
+    kernel[(blocks, grid_bh)](*args, HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=bn,
+                              num_warps=w, num_stages=s)
+
+
+def _bucket(t: int) -> int:
+    return max(64, triton.next_power_of_2(t))
+
+
+def _seq_lens_tensor(seq_lens, b, t, device):
+    if seq_lens is None:
+        return torch.full((b,), t, dtype=torch.int32, device=device)
+    seq_lens = torch.as_tensor(seq_lens, device=device).to(torch.int32).contiguous()
+    if seq_lens.shape != (b,):
+        raise ValueError(f"seq_lens must have shape [{b}], got {tuple(seq_lens.shape)}")
+    return seq_lens
+
+
+def _lastdim_contiguous(x):
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _check(q, k, v):
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("q, k, v must be [B, H, T, D]")
+    b, h, t, d = q.shape
+    if k.shape != v.shape or k.shape[0] != b or k.shape[2] != t or k.shape[3] != d:
+        raise ValueError(f"k, v must be [B, Hkv, T, D] matching q {tuple(q.shape)}; got "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if h % k.shape[1]:
+        raise ValueError(f"num kv heads {k.shape[1]} must divide num heads {h}")
+    if d not in HEAD_DIMS:
+        raise ValueError(f"head_dim {d} not supported (supported: {HEAD_DIMS})")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"q, k, v must share a dtype among fp16/bf16/fp32; got {q.dtype}, {k.dtype}, {v.dtype}")
+
+
+def softpick_forward(q, k, v, seq_lens=None, eps=SOFTPICK_EPS, scale=None, out=None, config=None):
+    """Forward only: (out [B, H, T, D], L [B, H, T] float32). `out` may be given (any layout with
+    a contiguous last dim); `config` = (BLOCK_M, BLOCK_N, num_warps, num_stages) skips autotuning."""
+    _check(q, k, v)
+    q, k, v = _lastdim_contiguous(q), _lastdim_contiguous(k), _lastdim_contiguous(v)
+    b, h, t, d = q.shape
+    hkv = k.shape[1]
+    sm_scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    lens = _seq_lens_tensor(seq_lens, b, t, q.device)
+    o = torch.empty_like(q) if out is None else out
+    if o.stride(-1) != 1:
+        raise ValueError("out needs a contiguous last dim")
+    lse = torch.empty((b, h, t), dtype=torch.float32, device=q.device)
+    if t == 0 or b == 0:
+        return o, lse
+    args = (q, k, v, o, lse, lens, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
+            h, h // hkv, t, _bucket(t), sm_scale * LOG2E, float(eps))
+    _launch("fwd", _fwd_kernel, t, b * h, args, d, config)
+    return o, lse
+
+
+def softpick_backward(q, k, v, o, lse, do, seq_lens=None, scale=None, dq=None, dk=None, dv=None,
+                      configs=None):
+    """Backward: (dq, dk, dv). `configs` = {"dkdv": (...), "dq": (...)} skips autotuning."""
+    q, k, v, o, do = (_lastdim_contiguous(x) for x in (q, k, v, o, do))
+    b, h, t, d = q.shape
+    hkv = k.shape[1]
+    sm_scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    lens = _seq_lens_tensor(seq_lens, b, t, q.device)
+    dq = torch.empty_like(q) if dq is None else dq
+    dk = torch.empty_like(k) if dk is None else dk
+    dv = torch.empty_like(v) if dv is None else dv
+    if t == 0 or b == 0:
+        return dq, dk, dv
+    delta = torch.empty((b, h, t), dtype=torch.float32, device=q.device)
+    _bwd_preprocess[(triton.cdiv(t, PREPROCESS_BLOCK), b * h)](
+        o, do, delta, *o.stride()[:3], *do.stride()[:3], h, t,
+        HEAD_DIM=d, BLOCK_M=PREPROCESS_BLOCK, num_warps=4)
+    configs = configs or {}
+    common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
+    args = (q, k, v, do, lse, delta, dk, dv, lens, *common, *dk.stride()[:3], *dv.stride()[:3],
+            h, hkv, h // hkv, t, _bucket(t), sm_scale, sm_scale * LOG2E)
+    _launch("dkdv", _bwd_dkdv_kernel, t, b * hkv, args, d, configs.get("dkdv"))
+    args = (q, k, v, do, lse, delta, dq, lens, *common, *dq.stride()[:3],
+            h, h // hkv, t, _bucket(t), sm_scale, sm_scale * LOG2E)
+    _launch("dq", _bwd_dq_kernel, t, b * h, args, d, configs.get("dq"))
+    return dq, dk, dv
+
+
+class _SoftpickAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, seq_lens, eps, scale):
+        o, lse = softpick_forward(q, k, v, seq_lens, eps, scale)
+        ctx.save_for_backward(q, k, v, o, lse, seq_lens if torch.is_tensor(seq_lens) else None)
+        ctx.seq_lens = None if torch.is_tensor(seq_lens) else seq_lens
+        ctx.scale = scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, lens = ctx.saved_tensors
+        lens = lens if lens is not None else ctx.seq_lens
+        dq, dk, dv = softpick_backward(q, k, v, o, lse, do, lens, ctx.scale)
+        return dq, dk, dv, None, None, None
+
+
+def softpick_attention(q, k, v, seq_lens=None, eps: float = SOFTPICK_EPS, scale: float | None = None):
+    """Causal softpick attention. q [B, H, T, D]; k, v [B, Hkv, T, D] (Hkv divides H);
+    seq_lens: optional int [B] for right-padded batches (keys >= seq_lens[b] masked).
+    scale defaults to 1/sqrt(D). Returns out [B, H, T, D] in q's dtype; differentiable."""
+    if triton is None:
+        raise RuntimeError("softpick_attention needs triton (pip install triton)")
+    if not (q.is_cuda or _interpreting()):
+        raise RuntimeError("softpick_attention needs CUDA tensors (or TRITON_INTERPRET=1)")
+    _check(q, k, v)
+    if seq_lens is not None:
+        seq_lens = _seq_lens_tensor(seq_lens, q.shape[0], q.shape[2], q.device)
+    with torch.cuda.device(q.device) if q.is_cuda else _nullcontext():
+        return _SoftpickAttention.apply(q, k, v, seq_lens, eps, scale)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

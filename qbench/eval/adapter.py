@@ -33,9 +33,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
 
-
-class TokenizerError(ValueError):
-    """The tokenizer cannot be used for scoring."""
+from .errors import TokenizerError
 
 
 def check_tokenizer(tokenizer) -> None:

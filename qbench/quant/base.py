@@ -1,0 +1,252 @@
+"""The one interface every quantization method implements, its registry, and the errors.
+
+A method is a subclass of `Method` in its own module of this package (`qbench/quant/<name>.py`)
+that registers itself with `@register`. The registry imports every module of the package on
+first use, so adding a method is: one new module + one recipe YAML; nothing else to edit.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+# --------------------------------------------------------------------------- errors
+class QuantError(Exception):
+    """Base class of qbench.quant errors."""
+
+
+class RecipeError(QuantError, ValueError):
+    """A recipe is invalid (or does not fit the model). Names the file and the field."""
+
+    def __init__(self, source: str, field: str | None, problem: str):
+        self.source, self.field, self.problem = source, field, problem
+        where = f"{source}: field '{field}'" if field else f"{source}"
+        super().__init__(f"{where}: {problem}")
+
+
+class QuantizerDidNothing(QuantError):
+    """A quantization left the model unchanged (no layer selected, or a selected layer's
+    weights are identical to full precision). Never a result."""
+
+
+class MethodUnavailable(QuantError):
+    """The method cannot run here (library missing, or no path on this device)."""
+
+
+# --------------------------------------------------------------------------- recipe fields
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Field:
+    """One recipe field: its type, default (REQUIRED: must be written), allowed values."""
+
+    type: type | tuple[type, ...]
+    default: Any = REQUIRED
+    choices: tuple | None = None
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def check(self, value: Any, source: str, field: str) -> Any:
+        """Returns the value (ints widened to float where a float is asked) or raises."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise RecipeError(source, field, "must not be null")
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        ok = any(_is_instance(value, t) for t in types)
+        if not ok:
+            names = " or ".join(t.__name__ for t in types)
+            raise RecipeError(source, field, f"expected {names}, got {type(value).__name__} {value!r}")
+        if float in types and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if self.choices is not None and value not in self.choices:
+            raise RecipeError(source, field, f"{value!r} is not one of {list(self.choices)}")
+        if self.min is not None and value < self.min:
+            raise RecipeError(source, field, f"{value!r} is below the minimum {self.min}")
+        if self.max is not None and value > self.max:
+            raise RecipeError(source, field, f"{value!r} is above the maximum {self.max}")
+        return value
+
+
+def _is_instance(value: Any, t: type) -> bool:
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if t is list:
+        return isinstance(value, list)
+    return isinstance(value, t)
+
+
+# --------------------------------------------------------------------------- methods
+class Method:
+    """A quantization method. Subclass, set the class attributes, implement `apply` and
+    `dequantize`, decorate with `@register`.
+
+    The core (`qbench.quant.core.quantize`) does everything common: validation, layer
+    selection, group-size checks, snapshots of the original weights, the reconstruction
+    error measured from the weights the model now holds, the report, and the checks that
+    the quantizer acted. A method only turns selected nn.Linear layers into quantized ones.
+    """
+
+    name: ClassVar[str]                       # the recipe's `method`
+    bits: ClassVar[tuple[int, ...]]           # widths the method supports
+    code_version: ClassVar[str] = "1"         # bump when the method's math changes
+    libraries: ClassVar[tuple[str, ...]] = () # distributions whose versions go into cell keys
+    weight_fields: ClassVar[dict[str, Field]] = {}
+    activation_fields: ClassVar[dict[str, Field] | None] = None  # None: no `activation:` section
+    activation_required: ClassVar[bool] = False
+    uses_calib: ClassVar[bool] = False
+
+    # ---- recipe hooks
+    def weight_schema(self, raw_weight: dict, source: str) -> dict[str, Field]:
+        """The fields allowed in the recipe's `weight:` section."""
+        return self.weight_fields
+
+    def supported_bits(self, weight: dict) -> tuple[int, ...]:
+        """Widths a recipe with this `weight:` section may list."""
+        return self.bits
+
+    def default_bits(self, weight: dict) -> tuple[int, ...] | None:
+        """`bits` when the recipe leaves it out; None: the field is required."""
+        return None
+
+    def needs_calib(self, recipe) -> bool:
+        """Whether quantization with this recipe needs a calibration batch."""
+        return self.uses_calib
+
+    def validate(self, recipe) -> None:
+        """Cross-field checks on a parsed recipe (raise RecipeError naming the field)."""
+
+    def group_size(self, recipe, bits: int) -> int | None:
+        """Group size along in_features the method will use (checked against the model)."""
+        return recipe.weight.get("group_size")
+
+    def library_versions(self, recipe) -> dict[str, str]:
+        return {lib: _dist_version(lib) for lib in self.libraries}
+
+    def code_versions(self, recipe) -> dict[str, str]:
+        return {self.name: self.code_version}
+
+    # ---- run hooks
+    def check_available(self, recipe, device: torch.device) -> None:
+        """Raise MethodUnavailable (with the reason) if the method cannot run on `device`."""
+        for lib in self.libraries:
+            try:
+                _dist_version(lib)
+            except Exception as e:  # pragma: no cover - depends on the environment
+                raise MethodUnavailable(f"method {self.name!r} needs the library {lib!r}: {e}") from e
+
+    def apply(self, model: nn.Module, names: list[str], recipe, bits: int,
+              calib: torch.Tensor | None) -> dict:
+        """Quantize the named nn.Linear layers of `model` in place. May return extra report
+        entries (a dict merged into QuantReport.extra)."""
+        raise NotImplementedError
+
+    def dequantize(self, module: nn.Module) -> torch.Tensor:
+        """The [out, in] weight `module` computes with, rebuilt from what it stores."""
+        raise NotImplementedError
+
+    def bits_per_weight(self, module: nn.Module, recipe, bits: int) -> float:
+        """Effective storage bits per weight of `module`, scales and zeros included."""
+        raise NotImplementedError
+
+    def after(self, model: nn.Module, names: list[str], recipe, bits: int,
+              calib: torch.Tensor | None) -> dict:
+        """Checks after the weights were measured (e.g. that activation quantizers fire).
+        Returns extra report entries."""
+        return {}
+
+
+class LayerwiseMethod(Method):
+    """A method that replaces each selected nn.Linear independently: implement
+    `quantize_layer(linear, recipe, bits) -> nn.Module`."""
+
+    def quantize_layer(self, linear: nn.Linear, recipe, bits: int) -> nn.Module:
+        raise NotImplementedError
+
+    def apply(self, model, names, recipe, bits, calib):
+        for name in names:
+            lin = model.get_submodule(name)
+            new = self.quantize_layer(lin, recipe, bits)
+            if new is not lin:
+                model.set_submodule(name, new)
+        return {}
+
+
+_REGISTRY: dict[str, Method] = {}
+_INFRA = {"base", "recipe", "core", "calib"}
+_discovered = False
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: registers an instance of `cls` under `cls.name`."""
+    name = cls.name
+    if name in _REGISTRY and type(_REGISTRY[name]) is not cls:
+        prev = type(_REGISTRY[name])
+        if (prev.__module__, prev.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise QuantError(f"method {name!r} registered twice ({prev.__module__} and {cls.__module__})")
+    _REGISTRY[name] = cls()
+    return cls
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    import qbench.quant as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name.startswith("_") or info.name in _INFRA:
+            continue
+        importlib.import_module(f"qbench.quant.{info.name}")
+    _discovered = True
+
+
+def methods() -> dict[str, Method]:
+    """All registered methods, by name."""
+    _discover()
+    return dict(_REGISTRY)
+
+
+def get_method(name: str) -> Method:
+    _discover()
+    return _REGISTRY[name]
+
+
+def _dist_version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
+
+
+# --------------------------------------------------------------------------- helpers for methods
+def storage_bits(*tensors) -> int:
+    """Bits of storage the given tensors occupy; tensor subclasses (quanto's QTensors) are
+    flattened into their inner tensors; None entries are ignored."""
+    total = 0
+    for t in tensors:
+        if t is None:
+            continue
+        if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, nn.Parameter):
+            inner, _ = t.__tensor_flatten__()
+            total += storage_bits(*(getattr(t, a) for a in inner))
+        elif isinstance(t, torch.Tensor):
+            total += t.numel() * t.element_size() * 8
+    return total
+
+
+def dtype_bits(dtype: torch.dtype) -> int:
+    return torch.finfo(dtype).bits if dtype.is_floating_point else torch.iinfo(dtype).bits

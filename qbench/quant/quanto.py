@@ -1,0 +1,92 @@
+"""quanto: optimum-quanto. Weights int8 (per output channel, absmax), int4 / int2 (per group,
+asymmetric min/max with a float shift); optionally activations int8 or float8 (e4m3) with
+static scales from quanto's Calibration() pass over the calibration batch (inputs and
+outputs of each quantized linear; quanto "streamlines" away output quantization that feeds
+no quantized module). Without an `activation:` section it is weight-only and uses no data.
+
+group_size: null keeps quanto's own choice (128, lowered by 32 until it divides in_features,
+else per channel); an integer overrides it for int4/int2 (int8 is always per channel).
+Effective bits: measured from the frozen QTensors (data, scales, shifts).
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import Field, Method, MethodUnavailable, QuantError, RecipeError, register, storage_bits
+
+CODE_VERSION = "1"
+_TOKENS_PER_BATCH = 16384
+
+
+@register
+class Quanto(Method):
+    name = "quanto"
+    bits = (8, 4, 2)
+    code_version = CODE_VERSION
+    libraries = ("optimum-quanto",)
+    weight_fields = {
+        "group_size": Field(int, default=None, nullable=True, min=1,
+                            doc="int4/int2 group size; null = quanto's default"),
+    }
+    activation_fields = {
+        "dtype": Field(str, choices=("int8", "float8"), doc="activation type (static scales)"),
+    }
+
+    def needs_calib(self, recipe):
+        return recipe.activation is not None
+
+    def group_size(self, recipe, bits):
+        return recipe.weight["group_size"] if bits in (4, 2) else None
+
+    def check_available(self, recipe, device):
+        super().check_available(recipe, device)
+        try:
+            import optimum.quanto  # noqa: F401
+        except Exception as e:  # pragma: no cover
+            raise MethodUnavailable(f"method 'quanto': cannot import optimum.quanto: {e}") from e
+
+    @torch.no_grad()
+    def apply(self, model, names, recipe, bits, calib):
+        from optimum.quanto import Calibration, freeze, qfloat8, qint2, qint4, qint8, quantize
+
+        wq = {8: qint8, 4: qint4, 2: qint2}[bits]
+        aq = None
+        if recipe.activation is not None:
+            aq = {"int8": qint8, "float8": qfloat8}[recipe.activation["dtype"]]
+        quantize(model, weights=wq, activations=aq, include=list(names))
+        gs = recipe.weight["group_size"]
+        if gs is not None and bits in (4, 2):
+            for n in names:
+                model.get_submodule(n).weight_group_size = gs
+        if aq is not None:
+            from .gptq import _forward
+
+            device = next(model.parameters()).device
+            bs = max(1, _TOKENS_PER_BATCH // calib.shape[1])
+            was_training = model.training
+            model.eval()
+            try:
+                with Calibration():
+                    for b in calib.split(bs):
+                        _forward(model, b.to(device))
+            finally:
+                model.train(was_training)
+            bad = [n for n in names if float(model.get_submodule(n).input_scale) == 1.0]
+            if bad:
+                raise QuantError(f"quanto: calibration left the input scale of {len(bad)} layers at "
+                                 f"its initial value (never calibrated): {bad[:3]}")
+        freeze(model)
+        return {}
+
+    def dequantize(self, module):
+        w = module.weight
+        return w.dequantize() if hasattr(w, "dequantize") else w
+
+    def bits_per_weight(self, module, recipe, bits):
+        return storage_bits(module.weight) / (module.in_features * module.out_features)
+
+    def after(self, model, names, recipe, bits, calib):
+        if recipe.activation is None:
+            return {}
+        scales = {n: float(model.get_submodule(n).input_scale) for n in names}
+        return {"activation": {"dtype": recipe.activation["dtype"], "static_input_scales": scales}}

@@ -1,0 +1,408 @@
+"""The runner: computes the cells of a sweep that the store does not hold yet.
+
+Scale-out ready: a cell is a pure function of its `CellSpec` (checkpoint content, resolved
+recipe, bits, tasks and limit, calibration text, device, dtype, library and code versions: all
+in the spec, and all hashed into its key), and the result store (`RESULTS_DIR/cells/`, one
+atomically written file per cell) is the only state shared between processes. Any engine that
+can run `compute_cell(CellSpec.from_dict(d), ModelSource(...))` on a worker and write the record
+with `Store.write` (Ray tasks, a cluster scheduler's array jobs, ...) can dispatch the cells of
+`expand(sweep)` without a redesign; `--workers N` is the one-host version of this (one process
+per GPU, disjoint shards of the pending cells, progress read back from the store).
+
+Per process, the pair is loaded once (lazily: not at all when every cell is cached); each cell
+quantizes a fresh copy of its model. A cell that raises (library error, out of memory, NaN) is
+stored as failed with its traceback and the sweep goes on; a rerun retries failed cells and
+never recomputes done ones.
+"""
+from __future__ import annotations
+
+import copy
+import gc
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from .spec import CellSpec, Sweep
+from .store import Store
+
+DTYPE_OF = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------- per-process state
+class ModelSource:
+    """The pair of a sweep, loaded once per process (on first use) and kept on the CPU as masters;
+    each cell gets its own copy on the cell's device. Also caches calibration batches."""
+
+    def __init__(self, softmax_path, softpick_path, dtype: str = "float32"):
+        self.paths = {"softmax": str(softmax_path), "softpick": str(softpick_path)}
+        self.dtype = dtype
+        self.pair = None
+        self.load_seconds = 0.0
+        self._calib = {}
+
+    def checkpoint(self, kind: str):
+        if self.pair is None:
+            import torch
+
+            from ..model import load_pair
+
+            t0 = time.perf_counter()
+            self.pair = load_pair(self.paths["softmax"], self.paths["softpick"], device="cpu",
+                                  dtype=getattr(torch, self.dtype))
+            self.load_seconds = time.perf_counter() - t0
+        return getattr(self.pair, kind)
+
+    def fresh_model(self, kind: str, device: str):
+        """A copy of the model that the cell may change (quantization works in place)."""
+        master = self.checkpoint(kind).model
+        model = copy.deepcopy(master)
+        return model.to(device).eval()
+
+    def calibration(self, recipe, text_path: str):
+        from ..quant import calibration_batch
+
+        c = recipe.calib
+        key = (text_path, c["samples"], c["seq_len"], c["seed"])
+        if key not in self._calib:
+            tokenizer = self.checkpoint("softmax").tokenizer   # the pair shares its tokenizer
+            self._calib[key] = calibration_batch(tokenizer, text_path, c["samples"], c["seq_len"], c["seed"])
+        return self._calib[key]
+
+
+# ----------------------------------------------------------------------------- one cell
+def base_record(spec: CellSpec, run_id: str | None = None, attempt: int = 1) -> dict:
+    ident = spec.identity
+    calibration = None
+    if ident["calibration"] is not None:
+        calibration = {**ident["calibration"], "text": spec.calibration_text}
+    return {
+        "key": spec.key,
+        "status": None,
+        "sweep": spec.sweep,
+        "model": {"kind": spec.kind, "hash": ident["model"]["hash"], "path": spec.model_path},
+        "recipe": ident["recipe"],
+        "bits": spec.bits,
+        "tasks": list(spec.tasks),
+        "limit": spec.limit,
+        "calibration": calibration,
+        "eval": dict(spec.eval),
+        "metrics": None,
+        "n_samples": None,
+        "quant_report": None,
+        "versions": ident["versions"],
+        "code_versions": ident["code"],
+        "device": {**ident["device"], "dtype": spec.dtype},
+        "seconds": None,
+        "timing": {},
+        "started_at": None,
+        "finished_at": None,
+        "run_id": run_id,
+        "attempt": attempt,
+        "host": {"platform": platform.platform(), "python": platform.python_version(),
+                 "cpus": os.cpu_count(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
+        "error": None,
+        "traceback": None,
+        "identity": ident,
+    }
+
+
+def _check_finite(metrics: dict) -> None:
+    bad = [f"{task} {name}" for task, values in metrics.items() for name, v in values.items()
+           if isinstance(v, float) and math.isnan(v)]
+    if bad:
+        raise FloatingPointError(f"NaN metrics: {', '.join(bad)}")
+
+
+def compute_cell(spec: CellSpec, source: ModelSource, run_id: str | None = None, attempt: int = 1) -> dict:
+    """Compute one cell and return its record (status done or failed). Never raises for a
+    failure of the cell itself; KeyboardInterrupt and SystemExit pass through."""
+    import torch
+
+    record = base_record(spec, run_id, attempt)
+    record["started_at"] = _now()
+    t0 = time.perf_counter()
+    model = None
+    timing = record["timing"]
+    try:
+        ckpt = source.checkpoint(spec.kind)
+        if ckpt.content_hash != spec.identity["model"]["hash"]:
+            raise RuntimeError(f"{spec.model_path} changed since the sweep was expanded "
+                               f"(content hash {ckpt.content_hash}, expected {spec.identity['model']['hash']})")
+        t = time.perf_counter()
+        model = source.fresh_model(spec.kind, spec.device)
+        timing["copy"] = time.perf_counter() - t
+        if spec.recipe is not None:
+            from ..quant import quantize
+
+            calib = None
+            if spec.recipe.calib is not None:
+                t = time.perf_counter()
+                calib = source.calibration(spec.recipe, spec.calibration_text)
+                timing["calibration_batch"] = time.perf_counter() - t
+            t = time.perf_counter()
+            report = quantize(model, spec.recipe, spec.bits, calib=calib)
+            timing["quantize"] = time.perf_counter() - t
+            record["quant_report"] = report.to_dict()
+        from ..eval import evaluate
+
+        t = time.perf_counter()
+        metrics, details = evaluate(model, ckpt.tokenizer, tasks=spec.tasks, limit=spec.limit,
+                                    batch_size=spec.eval.get("batch_size"),
+                                    max_batch_tokens=spec.eval.get("max_batch_tokens"),
+                                    scorer=spec.eval.get("scorer", "qbench"),
+                                    bootstrap_iters=spec.eval.get("bootstrap_iters", 1000),
+                                    tasks_dir=spec.tasks_dir, online=False, return_details=True)
+        timing["evaluate"] = time.perf_counter() - t
+        record["metrics"] = metrics
+        record["n_samples"] = details.get("n_samples")
+        _check_finite(metrics)
+        record["status"] = "done"
+    except Exception as err:  # the cell failed; the sweep goes on
+        record["status"] = "failed"
+        record["error"] = f"{type(err).__name__}: {err}"
+        record["traceback"] = traceback.format_exc()
+    finally:
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    record["seconds"] = time.perf_counter() - t0
+    record["finished_at"] = _now()
+    return record
+
+
+# ----------------------------------------------------------------------------- reporting lines
+def _fmt_seconds(s: float | None) -> str:
+    if s is None or not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+
+
+def short_metrics(metrics: dict | None) -> str:
+    """One number or two per task: the paper's headline metrics."""
+    if not metrics:
+        return ""
+    from ..report.cells import format_value, metric_label, task_metrics
+
+    parts = []
+    for task, values in metrics.items():
+        shown = [f"{metric_label(task, m)} {format_value(m, values.get(m))}" for m in task_metrics(task, values)[:2]]
+        parts.append(", ".join(shown))
+    return " | ".join(parts)
+
+
+def cell_line(record: dict, position: str = "", eta: str | None = None) -> str:
+    model = record["model"]["kind"]
+    what = "full precision" if record["recipe"] is None else f"{record['recipe']['name']} {record['bits']}-bit"
+    head = f"{position} {record['status']:6s} {model:8s} {what:22s} {_fmt_seconds(record['seconds']):>6s}".strip()
+    if record["status"] == "failed":
+        body = (record["error"] or "").splitlines()[0][:200] if record["error"] else ""
+    else:
+        qr = record.get("quant_report")
+        quant = f"{qr['bits_per_weight']:.2f} b/w, err {qr['weight_error']:.3g} | " if qr else ""
+        body = quant + short_metrics(record["metrics"])
+    tail = f"  (ETA {eta})" if eta else ""
+    return f"{head}  {body}{tail}"
+
+
+# ----------------------------------------------------------------------------- planning
+@dataclass
+class Plan:
+    cells: list[CellSpec]
+    cached: list[CellSpec]            # done in the store: never recomputed
+    retry: list[CellSpec]             # failed in the store: computed again
+    pending: list[CellSpec]           # missing: computed
+    previous: dict = field(default_factory=dict)   # key -> stored record (done or failed)
+
+    @property
+    def todo(self) -> list[CellSpec]:
+        order = {c.key: i for i, c in enumerate(self.cells)}
+        return sorted(self.retry + self.pending, key=lambda c: order[c.key])
+
+
+def plan(cells: list[CellSpec], store: Store) -> Plan:
+    cached, retry, pending, previous = [], [], [], {}
+    for c in cells:
+        record = store.read(c.key)
+        if record is None:
+            pending.append(c)
+            continue
+        previous[c.key] = record
+        (cached if record["status"] == "done" else retry).append(c)
+    return Plan(cells, cached, retry, pending, previous)
+
+
+# ----------------------------------------------------------------------------- running
+@dataclass
+class Summary:
+    total: int
+    cached: int
+    done: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    not_run: list[CellSpec] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.not_run
+
+
+def run_cells(todo: list[CellSpec], store: Store, source: ModelSource, *, run_id: str, previous: dict,
+              total: int, cached: int, progress: bool = True, prefix: str = "", log=print) -> Summary:
+    """Compute `todo` in this process, writing each record as soon as it is done."""
+    from tqdm import tqdm
+
+    summary = Summary(total=total, cached=cached)
+    t_start = time.perf_counter()
+    bar = tqdm(total=total, initial=cached, unit="cell", dynamic_ncols=True, disable=None if progress else True,
+               desc=prefix.strip() or "cells", file=sys.stderr)
+    write = (lambda s: tqdm.write(s, file=sys.stdout)) if not bar.disable else log
+    computed_seconds = []
+    try:
+        for i, spec in enumerate(todo):
+            bar.set_postfix_str(spec.label, refresh=True)
+            attempt = previous.get(spec.key, {}).get("attempt", 0) + 1
+            record = compute_cell(spec, source, run_id=run_id, attempt=attempt)
+            store.write(record)
+            (summary.done if record["status"] == "done" else summary.failed).append(record)
+            computed_seconds.append(record["seconds"])
+            left = len(todo) - i - 1
+            eta = _fmt_seconds(sum(computed_seconds) / len(computed_seconds) * left) if left else None
+            position = f"{prefix}[{cached + i + 1}/{total}]"
+            write(cell_line(record, position, eta))
+            bar.update(1)
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def _set_pdeathsig():  # pragma: no cover - runs in the child
+    """Workers die with the parent (kill -9 of the sweep leaves no orphan computing cells)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def worker_devices(n: int, device: str) -> list[dict]:
+    """Environment overrides of each of `n` worker processes (one GPU each on CUDA)."""
+    if device == "cuda":
+        import torch
+
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else [
+            str(i) for i in range(torch.cuda.device_count())]
+        if n > len(ids):
+            raise ValueError(f"--workers {n}: only {len(ids)} GPU(s) visible ({', '.join(ids) or 'none'}); "
+                             f"one worker per GPU")
+        return [{"CUDA_VISIBLE_DEVICES": ids[i]} for i in range(n)]
+    threads = str(max(1, (os.cpu_count() or 1) // n))
+    return [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} for _ in range(n)]
+
+
+def run_workers(n: int, worker_argv: list[str], sweep: Sweep, todo: list[CellSpec], store: Store, *,
+                run_id: str, total: int, cached: int, progress: bool = True, log=print) -> Summary:
+    """Run `todo` in `n` worker processes (`qbench sweep ... --worker i/n`), each over a disjoint
+    shard; the parent follows progress through the store and relays the workers' lines."""
+    from tqdm import tqdm
+
+    envs = worker_devices(n, sweep.device)
+    summary = Summary(total=total, cached=cached)
+    t_start = time.perf_counter()
+    bar = tqdm(total=total, initial=cached, unit="cell", dynamic_ncols=True, disable=None if progress else True,
+               desc=f"{sweep.name} ({n} workers)", file=sys.stderr)
+    write = (lambda s: tqdm.write(s, file=sys.stdout)) if not bar.disable else log
+    lock = threading.Lock()
+    procs = []
+    for i in range(n):
+        env = {**os.environ, **envs[i], "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "qbench.cli", *worker_argv, "--worker", f"{i}/{n}", "--run-id", run_id]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      bufsize=1, preexec_fn=_set_pdeathsig if sys.platform == "linux" else None))
+
+    def relay(i, proc):
+        for line in proc.stdout:
+            with lock:
+                write(f"[worker {i}] {line.rstrip()}")
+
+    threads = [threading.Thread(target=relay, args=(i, p), daemon=True) for i, p in enumerate(procs)]
+    for t in threads:
+        t.start()
+    finished = set()
+    try:
+        while True:
+            running = any(p.poll() is None for p in procs)
+            for spec in todo:
+                if spec.key in finished:
+                    continue
+                record = store.read(spec.key)
+                if record is not None and record.get("run_id") == run_id:
+                    finished.add(spec.key)
+                    with lock:
+                        bar.set_postfix_str(f"last: {spec.label}", refresh=False)
+                        bar.update(1)
+            if not running:
+                break
+            time.sleep(0.5)
+    except BaseException:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        raise
+    finally:
+        for t in threads:
+            t.join(timeout=5)
+        bar.close()
+    for i, p in enumerate(procs):
+        if p.returncode != 0:
+            log(f"worker {i} exited with status {p.returncode}")
+    for spec in todo:
+        record = store.read(spec.key)
+        if record is None or record.get("run_id") != run_id:
+            summary.not_run.append(spec)
+        elif record["status"] == "done":
+            summary.done.append(record)
+        else:
+            summary.failed.append(record)
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+def summary_text(summary: Summary, store: Store) -> str:
+    computed = len(summary.done) + len(summary.failed)
+    lines = [f"{summary.total} cells: {summary.cached + len(summary.done)} done "
+             f"({summary.cached} already stored, {len(summary.done)} computed now), {len(summary.failed)} failed"
+             + (f", {len(summary.not_run)} not run" if summary.not_run else "")
+             + (f"; {computed} computed in {_fmt_seconds(summary.seconds)}" if computed else "")]
+    if summary.failed:
+        lines.append("failed cells (a rerun retries them):")
+        for r in summary.failed:
+            what = "full precision" if r["recipe"] is None else f"{r['recipe']['name']} {r['bits']}-bit"
+            err = (r["error"] or "").splitlines()[0][:300] if r["error"] else "?"
+            lines.append(f"  {r['model']['kind']:8s} {what:22s} {err}  [{store.path(r['key'])}]")
+    if summary.not_run:
+        lines.append("cells not run (a worker stopped early; rerun the sweep):")
+        for spec in summary.not_run:
+            lines.append(f"  {spec.label}  [{spec.key}]")
+    return "\n".join(lines)

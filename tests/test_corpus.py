@@ -1,0 +1,307 @@
+"""Corpus recipe and tokenizer: split rule, file format, package formats, tokenizer, encoding.
+Fast and offline: synthetic text and synthetic package files only."""
+import argparse
+import gzip
+import hashlib
+import json
+import random
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from qbench.train import corpus as C
+from qbench.train.corpus import DOC_LINE, DOC_SEPARATOR, CorpusError, read_documents, split_of, write_corpus
+from qbench.train.tokenizer import encode_corpus, train_tokenizer
+
+WORDS = ("the a of and to in is was he she it they said king river light house old new green "
+         "ran walked spoke quickly slowly before after under over God people city water day "
+         "night Emma Hamlet Python function returns value list error").split()
+
+
+def make_docs(n, seed, prefix=""):
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        paras = []
+        for _ in range(rng.randint(1, 3)):
+            sentences = (" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))).capitalize() + "."
+                         for _ in range(rng.randint(1, 4)))
+            paras.append(" ".join(sentences))
+        docs.append(f"{prefix}{i}: " + "\n\n".join(paras))
+    return docs
+
+
+def sources_meta(names):
+    return [{"name": n, "package": n, "version": "1", "license": "public-domain",
+             "license_file": f"licenses/{n}.txt", "_license_text": f"{n} is in the public domain"} for n in names]
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    texts = [("alpha", make_docs(1500, 1, "alpha ")), ("beta", make_docs(1500, 2, "beta "))]
+    manifest = write_corpus(out, texts, sources_meta(["alpha", "beta"]))
+    return out, texts, manifest
+
+
+# -- split rule and file format ----------------------------------------------------------------
+
+def test_split_depends_only_on_the_id_and_holds_out_about_two_percent():
+    ids = [f"src/{i}" for i in range(40000)]
+    first = [split_of(i) for i in ids]
+    assert first == [split_of(i) for i in ids]
+    share = {s: first.count(s) / len(ids) for s in C.SPLITS}
+    assert 0.008 < share["heldout_calib"] < 0.012 and 0.008 < share["heldout_eval"] < 0.012
+    assert split_of("src/1", 0.0) == "train" and split_of("src/1", 1.0) != "train"
+
+
+def test_written_splits_are_disjoint_cover_everything_and_follow_the_rule(small_corpus):
+    out, texts, manifest = small_corpus
+    got = {s: read_documents(out / f"{s}.txt") for s in C.SPLITS}
+    expected = {s: [] for s in C.SPLITS}
+    for name, docs in texts:
+        for i, doc in enumerate(docs):
+            expected[split_of(f"{name}/{i}")].append(doc)
+    assert got == expected                                  # the rule, in source order
+    sets = [set(got[s]) for s in C.SPLITS]
+    assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+    assert sum(len(v) for v in got.values()) == 3000
+    assert all(len(got[s]) > 0 for s in C.SPLITS[1:])
+    held = [f"{n}/{i}" for n, docs in texts for i in range(len(docs)) if split_of(f"{n}/{i}") == "heldout_eval"]
+    assert manifest["heldout_ids"]["heldout_eval"] == held
+
+
+def test_manifest_records_counts_hashes_and_licences(small_corpus):
+    out, texts, manifest = small_corpus
+    on_disk = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert on_disk == manifest
+    for name, info in manifest["files"].items():
+        data = (out / name).read_bytes()
+        assert info["sha256"] == hashlib.sha256(data).hexdigest() and info["bytes"] == len(data)
+    alpha = manifest["sources"][0]
+    assert alpha["name"] == "alpha" and alpha["license"] == "public-domain"
+    assert sum(v["documents"] for v in alpha["splits"].values()) == 1500
+    assert (out / "licenses/alpha.txt").read_text() == "alpha is in the public domain"
+    train_docs = read_documents(out / "train.txt")
+    assert sum(s["splits"]["train"]["bytes"] for s in manifest["sources"]) == sum(
+        len(d.encode()) for d in train_docs)
+
+
+def test_writing_twice_gives_the_same_bytes(small_corpus, tmp_path):
+    out, texts, _ = small_corpus
+    write_corpus(tmp_path, texts, sources_meta(["alpha", "beta"]))
+    for name in [f"{s}.txt" for s in C.SPLITS] + ["manifest.json"]:
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_duplicates_are_kept_once_and_unclean_documents_refused(tmp_path):
+    docs = make_docs(300, 3)
+    m = write_corpus(tmp_path, [("a", docs + docs[:10])], sources_meta(["a"]))
+    assert m["sources"][0]["duplicates_dropped"] == 10
+    assert sum(f["documents"] for f in m["files"].values()) == 300
+    with pytest.raises(CorpusError, match="not cleaned"):
+        write_corpus(tmp_path, [("a", docs + [f"bad {DOC_SEPARATOR} doc"])], sources_meta(["a"]))
+
+
+def test_read_documents_round_trips_plain_and_gzip(tmp_path):
+    docs = ["First line\n\nsecond paragraph\twith tab", "ünïcode — “quotes”\n  indented", "x"]
+    text = DOC_LINE.join(docs) + "\n"
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    with gzip.open(tmp_path / "a.txt.gz", "wt", encoding="utf-8") as f:
+        f.write(text)
+    assert read_documents(tmp_path / "a.txt") == docs
+    assert read_documents(tmp_path / "a.txt.gz") == docs
+    (tmp_path / "empty.txt").write_text("")
+    assert read_documents(tmp_path / "empty.txt") == []
+    with pytest.raises(CorpusError, match="qbench data corpus"):
+        read_documents(tmp_path / "missing.txt")
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(CorpusError, match="cannot write the corpus"):
+        write_corpus(tmp_path / "file" / "corpus", [("a", make_docs(10, 0))], sources_meta(["a"]))
+
+
+# -- cleaning, chunking, markup ----------------------------------------------------------------
+
+def test_clean_document_normal_form():
+    assert C.clean_document("\ufeffA\r\nB  \n\n\n\nC\u00a0D\f" + DOC_SEPARATOR + "\n") == "A\nB\n\nC D"
+
+
+def test_chunk_keeps_small_sections_whole_and_cuts_long_ones_at_paragraphs():
+    assert C.chunk("short section\n\nof two paragraphs") == ["short section\n\nof two paragraphs"]
+    paras = [f"Paragraph {i} " + "word " * 60 for i in range(200)]
+    section = "\n\n".join(p.strip() for p in paras)
+    docs = C.chunk(section)
+    assert len(docs) > 10
+    assert all(C.DOC_TARGET_CHARS <= len(d) <= 2 * C.DOC_TARGET_CHARS for d in docs[:-1])
+    assert "\n\n".join(docs) == section                  # nothing lost, cut only between paragraphs
+    lines = "\n".join(f"Verse {i}" + " x" * 50 for i in range(300))  # one long paragraph of lines
+    docs = C.chunk(lines)
+    assert len(docs) > 3 and "\n".join(d.replace("\n\n", "\n") for d in docs) == lines
+
+
+def test_osis_to_text_drops_notes_and_tags():
+    markup = ('<div type="x-p" sID="a"/><title type="main">The Book</title> In the <w lemma="s:H1">beginning</w>'
+              '<note placement="foot">a footnote</note> God &amp; man.<div eID="a" type="x-p"/>\u00b6 Next')
+    assert C.osis_to_text(markup) == "The Book\nIn the beginning God & man.\nNext"
+
+
+def test_rst_to_text_strips_markup_and_directives():
+    src = (".. _label:\n\nTitle\n=====\n\n.. index:: single: foo\n   pair: bar\n\n"
+           "Use :func:`len` and ``x + 1``, see :ref:`the guide <guide>` or `site <http://x>`_.\n"
+           "For example::\n\n   >>> len([])\n   0\n\n.. versionadded:: 3.2\n\n"
+           ".. function:: spam(eggs)\n   :noindex:\n\n   Spam **the** *eggs*.\n")
+    text = C.rst_to_text(src)
+    assert "Use len and x + 1, see the guide or site." in text
+    assert "For example:\n" in text and ">>> len([])" in text
+    assert "New in version 3.2." in text and "spam(eggs)" in text and "Spam the eggs." in text
+    for gone in ("=====", "index", "_label", "noindex", ":func:", "``"):
+        assert gone not in text
+
+
+def test_pod_to_text_unwraps_formatting_codes():
+    src = ("=head1 NAME\n\nperlfoo - about B<bold> C<< $x->y >> and L<perlsyn/Loops>\n\n"
+           "=over 4\n\n=item * one E<lt>twoE<gt>\n\n=back\n\n    verbatim C<code>\n\n=begin html\n\n<p>skip</p>\n\n=end html\n\n"
+           "=cut\n")
+    assert C.pod_to_text(src) == "NAME\n\nperlfoo - about bold $x->y and perlsyn/Loops\n\n* one <two>\n\n    verbatim C<code>"
+
+
+def test_drop_list_runs_removes_tables_of_contents():
+    text = "Intro paragraph that is long enough\nand wraps.\n\n" + "\n\n".join(
+        f"   entry {i}" for i in range(8)) + "\n\nBody text here\nover two lines."
+    assert C.drop_list_runs(text) == "Intro paragraph that is long enough\nand wraps.\n\nBody text here\nover two lines."
+
+
+def _write_sword_module(folder, entries, record):
+    """A zText/zCom-style module: entries packed into 2 zlib blocks; entry 2 links to entry 1."""
+    folder.mkdir(parents=True)
+    blocks = [entries[: len(entries) // 2], entries[len(entries) // 2:]]
+    bzs, bzz, bzv = b"", b"", b""
+    for b, block_entries in enumerate(blocks):
+        raw = b""
+        for e in block_entries:
+            data = e.encode()
+            fmt = "<IIH" if record == 10 else "<III"
+            bzv += struct.pack(fmt, b, len(raw), len(data))
+            if e is entries[1]:
+                bzv += struct.pack(fmt, b, len(raw), len(data))   # a linked entry: same bytes again
+            raw += data
+        comp = zlib.compress(raw)
+        bzs += struct.pack("<III", len(bzz), len(comp), len(raw))
+        bzz += comp
+    bzv = struct.pack("<IIH" if record == 10 else "<III", 0, 0, 0) + bzv  # an empty entry first
+    (folder / "ot.bzs").write_bytes(bzs)
+    (folder / "ot.bzz").write_bytes(bzz)
+    (folder / "ot.bzv").write_bytes(bzv)
+
+
+@pytest.mark.parametrize("record", [10, 12])
+def test_sword_entries_reads_both_index_layouts(tmp_path, record):
+    entries = [f"<verse n='{i}'/>Verse {i} text" for i in range(7)]
+    _write_sword_module(tmp_path / "mod", entries, record)
+    assert list(C.sword_entries(tmp_path / "mod")) == entries
+
+
+def test_sword_sections_one_per_chapter(tmp_path):
+    root = tmp_path / "pkg"
+    chapter = '<chapter n="{0}" osisID="Gen.{0}" sID="Gen.{0}"/>'
+    entries = ['<div type="book" osisID="Gen" sID="b"/><title>Genesis</title>']
+    for c in (1, 2):
+        entries.append(chapter.format(c))
+        entries += [f"Chapter {c} verse {v}. " + "And it was so. " * 10 for v in range(3)]
+    _write_sword_module(root / "usr/share/sword/modules/texts/ztext/gen", entries, 10)
+    sections = list(C.sword_sections(root))
+    assert len(sections) == 2
+    assert sections[0].startswith("Genesis\nChapter 1 verse 0.") and "Chapter 2" not in sections[0]
+    assert sections[1].startswith("Chapter 2 verse 0.")
+
+
+def test_read_license_prefers_the_machine_readable_copyright_file(tmp_path):
+    doc = tmp_path / "usr/share/doc/pkg"
+    doc.mkdir(parents=True)
+    (doc / "copyright").write_text("Format: x\n\nFiles: *\nCopyright: someone\nLicense: GPL-2\n\n"
+                                   "Files: debian/*\nLicense: MIT\n")
+    src = C.Source("pkg", "deb", "pkg", C.sword_sections)
+    assert C.read_license(src, tmp_path)[0] == "GPL-2"
+    (doc / "copyright").write_text("free text, no stanzas")
+    with pytest.raises(CorpusError, match="no licence"):
+        C.read_license(src, tmp_path)
+    assert C.read_license(C.Source("pkg", "deb", "pkg", C.sword_sections, license="PD"), tmp_path)[0] == "PD"
+
+
+# -- tokenizer and encoding --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(small_corpus, tmp_path_factory):
+    out, _, _ = small_corpus
+    return train_tokenizer(out, tmp_path_factory.mktemp("tok"), vocab_size=400)
+
+
+def test_tokenizer_loads_offline_with_bos_eos_and_round_trips(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    assert (tok.unk_token, tok.bos_token, tok.eos_token) == ("<unk>", "<s>", "</s>")
+    assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    assert len(tok) == 400
+    text = "The old king walked to the river.\n\nUnseen: Zebra 42 ünïcode — ok!"
+    ids = tok(text)["input_ids"]
+    assert ids[0] == 1 and 0 not in ids                  # bos first; byte-level: never <unk>
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert len(tok("the king")["input_ids"]) < len("the king")   # merges were learned
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (tokenizer_dir / name).is_file() or name == "special_tokens_map.json"
+
+
+def test_tokenizer_training_is_deterministic(small_corpus, tokenizer_dir, tmp_path):
+    out, _, _ = small_corpus
+    again = train_tokenizer(out, tmp_path / "tok", vocab_size=400)
+    assert (again / "tokenizer.json").read_bytes() == (tokenizer_dir / "tokenizer.json").read_bytes()
+
+
+def test_encode_corpus_layout(small_corpus, tokenizer_dir, tmp_path):
+    from tokenizers import Tokenizer
+
+    out, _, _ = small_corpus
+    ids = encode_corpus(out, tokenizer_dir, tmp_path / "eval.npy", split="heldout_eval")
+    loaded = np.load(tmp_path / "eval.npy")
+    assert loaded.dtype == np.uint16 and loaded.ndim == 1 and np.array_equal(loaded, ids)
+    docs = read_documents(out / "heldout_eval.txt")
+    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    expected = []
+    for d in docs:
+        expected += [1] + tok.encode(d, add_special_tokens=False).ids + [2]
+    assert loaded.tolist() == expected
+    assert int((loaded == 1).sum()) == len(docs) == int((loaded == 2).sum())
+    starts = np.flatnonzero(loaded == 1)
+    assert tok.decode(loaded[starts[0] + 1: starts[1] - 1].tolist()) == docs[0]
+
+
+def test_missing_inputs_are_clear_errors(tmp_path, tokenizer_dir, small_corpus):
+    with pytest.raises(CorpusError, match="build the corpus first"):
+        train_tokenizer(tmp_path, tmp_path / "tok")
+    with pytest.raises(CorpusError, match="no tokenizer.json"):
+        encode_corpus(small_corpus[0], tmp_path / "none", tmp_path / "x.npy")
+    with pytest.raises(ValueError, match="vocab_size"):
+        from qbench.train.tokenizer import build_tokenizer
+        build_tokenizer(["text"], vocab_size=100)
+
+
+# -- command line -------------------------------------------------------------------------------
+
+def test_data_corpus_command_registers_once():
+    from qbench.train.commands import cmd_corpus, register, register_data_commands
+
+    parser = argparse.ArgumentParser(prog="qbench")
+    sub = parser.add_subparsers(dest="command")
+    register(sub)
+    register(sub)  # a second area registering the group again changes nothing
+    args = parser.parse_args(["data", "corpus", "--out", "/tmp/c", "--vocab-size", "1024"])
+    assert args.func is cmd_corpus and str(args.out) == "/tmp/c" and args.vocab_size == 1024
+    other = argparse.ArgumentParser().add_subparsers()
+    register_data_commands(other)
+    assert set(other.choices) == {"corpus"}

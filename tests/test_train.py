@@ -1,0 +1,254 @@
+"""`qbench train`: the debug preset on a tiny generated corpus (CPU, seconds)."""
+import csv
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TEXT, make_tokenizer
+from qbench.train import train as T
+from qbench.train.corpus import DOC_LINE
+from qbench.train.presets import PRESETS
+
+STEPS = 20
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A corpus folder like `qbench data corpus` writes: train.txt, heldout_eval.txt, tokenizer/,
+    and the token file encoded with encode_corpus."""
+    from qbench.train.tokenizer import encode_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    sentences = [s.strip() + "." for s in TEXT.split(".") if s.strip()][:4]
+    rng = random.Random(0)
+
+    def doc():
+        return " ".join(rng.choice(sentences) for _ in range(rng.randint(5, 30)))
+
+    (root / "train.txt").write_text(DOC_LINE.join(doc() for _ in range(200)) + "\n")
+    (root / "heldout_eval.txt").write_text(DOC_LINE.join(doc() for _ in range(20)) + "\n")
+    make_tokenizer().save_pretrained(root / "tokenizer")
+    encode_corpus(root, root / "tokenizer", root / "train.tokens.u16")
+    return root
+
+
+def spec(corpus, out, kind="softmax", **changes):
+    fields = dict(preset="debug", kind=kind, out=str(out), seed=0, steps=STEPS, tokens=str(corpus / "train.tokens.u16"),
+                  tokenizer=str(corpus / "tokenizer"), heldout=str(corpus / "heldout_eval.txt"), device="cpu",
+                  progress=False, log_every=5, command="qbench train (test)")
+    fields.update(changes)
+    return T.RunSpec(**fields)
+
+
+def read_log(folder):
+    with open(folder / T.LOG_FILE) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "softpick"
+    model, summary = T.train_model(spec(corpus, out, "softpick"))
+    return out, model, summary
+
+
+def test_debug_run_learns_and_logs(trained):
+    out, _, summary = trained
+    rows = read_log(out)
+    assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
+    assert list(rows[0]) == list(T.LOG_COLUMNS)
+    losses = [float(r["loss"]) for r in rows]
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3])
+    assert int(rows[-1]["tokens"]) == summary["tokens_seen"] == STEPS * 8 * 64
+    held = summary["heldout"]
+    assert held["perplexity"] < held["unigram_perplexity"]
+    for key in ("command", "preset", "seed", "steps", "tokens_seen", "train_seconds", "device", "versions",
+                "parameters", "init_hash", "data_order_hash"):
+        assert key in summary, key
+    assert summary["versions"]["torch"] == torch.__version__
+    assert json.loads((out / T.SUMMARY_FILE).read_text()) == json.loads(json.dumps(summary))
+
+
+def test_checkpoint_reloads_with_identical_logits(trained, corpus):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qbench.model import read_config
+
+    out, model, summary = trained
+    config = read_config(out)
+    assert config.model_type == "transformer" and config.attn_impl == "parallel_softpick_attn"
+    assert config.max_position_embeddings == 64 and config.bos_token_id == 1
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    x = torch.from_numpy(T.load_tokens(corpus / "train.tokens.u16")[:64].astype(np.int64))[None]
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x).logits, reloaded(x).logits)
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == make_tokenizer().get_vocab()
+    # the summary's held-out perplexity is that of the saved weights
+    tok = AutoTokenizer.from_pretrained(out)
+    windows = T.heldout_windows(corpus / "heldout_eval.txt", tok, 64, PRESETS["debug"]["eval_windows"])
+    ppl = T.evaluate_perplexity(reloaded, windows, torch.device("cpu"), autocast=False)
+    assert ppl == pytest.approx(summary["heldout"]["perplexity"], rel=1e-4)
+
+
+def test_same_seed_same_weights(corpus, tmp_path, trained):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "again"
+    T.train_one(spec(corpus, out, "softpick"))
+    first, second = load_file(trained[0] / "model.safetensors"), load_file(out / "model.safetensors")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert [r["loss"] for r in read_log(out)] == [r["loss"] for r in read_log(trained[0])]
+    other = tmp_path / "seed1"
+    summary = T.train_one(spec(corpus, other, "softpick", seed=1, steps=2))
+    assert summary["init_hash"] != json.loads((out / T.SUMMARY_FILE).read_text())["init_hash"]
+
+
+def test_pair_shares_init_and_data_order(corpus, tmp_path):
+    from qbench.model import check_pair
+
+    pair = T.train_pair(spec(corpus, tmp_path / "pair", "pair", steps=8), concurrent=False)
+    assert pair["same_init"] and pair["same_data_order"]
+    check_pair(tmp_path / "pair" / "softmax", tmp_path / "pair" / "softpick")
+    logs = {kind: read_log(tmp_path / "pair" / kind) for kind in T.KINDS}
+    assert [r["batch_hash"] for r in logs["softmax"]] == [r["batch_hash"] for r in logs["softpick"]]
+    assert [r["loss"] for r in logs["softmax"]] != [r["loss"] for r in logs["softpick"]]  # attention differs
+    assert json.loads((tmp_path / "pair" / T.PAIR_SUMMARY_FILE).read_text())["same_init"] is True
+
+
+def test_pair_as_two_processes(corpus, tmp_path):
+    """The form the GPU run uses: two `python -m qbench.train.train` processes at once."""
+    pair = T.train_pair(spec(corpus, tmp_path / "pair", "pair", steps=3, heldout=None, evaluate=False),
+                        concurrent=True)
+    assert pair["concurrent_processes"] and pair["same_init"] and pair["same_data_order"]
+    for kind in T.KINDS:
+        summary = json.loads((tmp_path / "pair" / kind / T.SUMMARY_FILE).read_text())
+        assert summary["attention"] == kind and summary["command"] == "qbench train (test)"
+        assert len(read_log(tmp_path / "pair" / kind)) == 3
+
+
+def test_sampler_is_seeded_and_covers_the_file():
+    a, b = T.WindowSampler(1000, 10, 4, seed=3), T.WindowSampler(1000, 10, 4, seed=3)
+    starts = np.concatenate([a.next_starts() for _ in range(24)])
+    assert np.array_equal(starts, np.concatenate([b.next_starts() for _ in range(24)]))
+    first_epoch = np.sort(starts[:99])
+    assert len(set(first_epoch)) == 99 and np.all(np.diff(first_epoch) == 10)  # non-overlapping windows
+    assert not np.array_equal(starts, np.concatenate([T.WindowSampler(1000, 10, 4, 4).next_starts()
+                                                      for _ in range(24)]))
+
+
+def test_lr_schedule():
+    lrs = [T.lr_at(s, 1.0, 10, 100, 0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(x >= y for x, y in zip(lrs[9:], lrs[10:]))
+    assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_unigram_perplexity():
+    train = np.array([0, 0, 1, 1], dtype=np.uint16)  # add-one: p(0) = p(1) = 3/8, p(2) = p(3) = 1/8
+    assert T.unigram_perplexity(train, np.array([0, 1]), 4) == pytest.approx(8 / 3)
+    assert T.unigram_perplexity(train, np.array([2]), 4) == pytest.approx(8)
+
+
+def test_token_files_raw_and_npy(tmp_path):
+    ids = np.array([1, 5, 65535, 2], dtype=np.uint16)
+    ids.tofile(tmp_path / "raw.u16")
+    np.save(tmp_path / "saved.npy", ids)
+    assert np.array_equal(T.load_tokens(tmp_path / "raw.u16"), ids)
+    assert np.array_equal(T.load_tokens(tmp_path / "saved.npy"), ids)
+
+
+def test_heldout_encoding_matches_encode_corpus(corpus, tmp_path):
+    from transformers import AutoTokenizer
+
+    from qbench.train.corpus import read_documents
+    from qbench.train.tokenizer import encode_corpus
+
+    tok = AutoTokenizer.from_pretrained(corpus / "tokenizer")
+    ours = T.encode_documents(tok, read_documents(corpus / "heldout_eval.txt"))
+    theirs = encode_corpus(corpus, corpus / "tokenizer", tmp_path / "heldout.u16", split="heldout_eval")
+    assert np.array_equal(ours, theirs.astype(np.int64))
+
+
+def test_tiny_preset_fits_in_10_mb(tmp_path, tokenizer):
+    from qbench.model import save_checkpoint
+
+    preset = T.resolve_preset("tiny")
+    model = T.build_model(preset, "softmax", 0, tokenizer)
+    params = sum(p.numel() for p in model.parameters())
+    assert 4.6e6 < params < 4.8e6
+    assert preset["steps"] * preset["batch_size"] * preset["context"] >= 250e6
+    save_checkpoint(model, tokenizer, tmp_path, dtype=torch.bfloat16)
+    # the real 8192-token tokenizer.json adds well under 0.5 MB
+    assert (tmp_path / "model.safetensors").stat().st_size < 9.5e6
+
+
+def test_small_preset_size(tokenizer):
+    model = T.build_model(T.resolve_preset("small"), "softpick", 0, tokenizer)
+    assert 35e6 < sum(p.numel() for p in model.parameters()) < 36.5e6
+
+
+def test_unknown_preset(corpus, tmp_path):
+    with pytest.raises(T.TrainError, match="unknown preset 'huge'; valid presets: debug, tiny, small"):
+        T.train_one(spec(corpus, tmp_path / "x", preset="huge"))
+
+
+def test_missing_corpus(tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "CORPUS_DIR", tmp_path / "nothing")
+    with pytest.raises(T.TrainError, match="corpus not built yet.*qbench data corpus"):
+        T.train_one(T.RunSpec(preset="debug", kind="softmax", out=str(tmp_path / "out"), device="cpu"))
+
+
+def test_unwritable_output_folder(corpus, tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(T.TrainError, match="not writable"):
+        T.train_one(spec(corpus, tmp_path / "afile" / "out"))
+    with pytest.raises(T.TrainError, match="is a file"):
+        T.train_one(spec(corpus, tmp_path / "afile"))
+
+
+def test_existing_checkpoint_needs_overwrite(trained, corpus):
+    with pytest.raises(T.TrainError, match="--overwrite"):
+        T.train_one(spec(corpus, trained[0], "softpick"))
+
+
+def test_cli_errors_are_clear(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(T, "CORPUS_DIR", tmp_path / "nothing")
+    assert T.main(["--preset", "nope", "--pair", "--out", str(tmp_path / "o")]) == 2
+    assert "valid presets: debug, tiny, small" in capsys.readouterr().err
+    assert T.main(["--preset", "debug", "--attention", "softmax", "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
+    assert "qbench data corpus" in capsys.readouterr().err
+    assert T.main(["--preset", "debug", "--attention", "relu", "--out", str(tmp_path / "o")]) == 2
+    assert "softmax, softpick" in capsys.readouterr().err
+
+
+def test_train_command_registers():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    T.register_train_command(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "--preset", "tiny", "--pair", "--out", "x"])
+    assert args.func is T.cmd_train and args.pair and args.preset == "tiny"
+
+
+def test_attention_inputs_share_dtype_under_autocast(monkeypatch):
+    """Training on CUDA runs under bf16 autocast, and the Triton softpick kernel needs q, k, v of
+    one dtype: the attention call must not receive fp32 q, k (RoPE in fp32) next to a bf16 v."""
+    import qbench.model.modeling as modeling
+    from qbench.model import new_model
+
+    seen = []
+    real = modeling.attend
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(modeling, "attend", spy)
+    model = new_model("softpick", 0, hidden_size=64, num_hidden_layers=1, num_heads=2, vocab_size=300)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randint(0, 300, (1, 8)))
+    assert seen and all(len(set(dtypes)) == 1 for dtypes in seen), seen

@@ -253,8 +253,10 @@ def test_tokenizer_loads_offline_with_bos_eos_and_round_trips(tokenizer_dir):
     assert ids[0] == 1 and 0 not in ids                  # bos first; byte-level: never <unk>
     assert tok.decode(ids, skip_special_tokens=True) == text
     assert len(tok("the king")["input_ids"]) < len("the king")   # merges were learned
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        assert (tokenizer_dir / name).is_file() or name == "special_tokens_map.json"
+    special = json.loads((tokenizer_dir / "special_tokens_map.json").read_text())
+    assert special == {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"}
+    config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast" and config["bos_token"] == "<s>"
 
 
 def test_tokenizer_training_is_deterministic(small_corpus, tokenizer_dir, tmp_path):

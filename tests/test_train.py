@@ -15,6 +15,15 @@ from qbench.train.presets import PRESETS
 STEPS = 20
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a busy CPU run far faster on one thread than on several that wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A corpus folder like `qbench data corpus` writes: train.txt, heldout_eval.txt, tokenizer/,
@@ -132,12 +141,12 @@ def test_pair_as_two_processes(corpus, tmp_path):
 
 def test_sampler_is_seeded_and_covers_the_file():
     a, b = T.WindowSampler(1000, 10, 4, seed=3), T.WindowSampler(1000, 10, 4, seed=3)
-    starts = np.concatenate([a.next_starts() for _ in range(24)])
-    assert np.array_equal(starts, np.concatenate([b.next_starts() for _ in range(24)]))
+    starts = np.concatenate([a.next_starts() for _ in range(30)])
+    assert np.array_equal(starts, np.concatenate([b.next_starts() for _ in range(30)]))
     first_epoch = np.sort(starts[:99])
     assert len(set(first_epoch)) == 99 and np.all(np.diff(first_epoch) == 10)  # non-overlapping windows
     assert not np.array_equal(starts, np.concatenate([T.WindowSampler(1000, 10, 4, 4).next_starts()
-                                                      for _ in range(24)]))
+                                                      for _ in range(30)]))
 
 
 def test_lr_schedule():

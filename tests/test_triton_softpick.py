@@ -88,9 +88,9 @@ def run_case(case, device, fwd_config=None, bwd_configs=None):
     q, k, v, do, lens = make_case(b, h, hkv, t, d, dtype, device, case["seed"], case.get("lens"),
                                   case.get("neg_rows", ()), case.get("scale", 1.0))
     poison = lambda x: torch.full_like(x, float("nan"))  # noqa: E731
-    o, lse = softpick_forward(q, k, v, lens, out=poison(q), config=fwd_config)
-    dq, dk, dv = softpick_backward(q, k, v, o, lse, do, lens, dq=poison(q), dk=poison(k), dv=poison(v),
-                                   configs=bwd_configs)
+    o, lse, res = softpick_forward(q, k, v, lens, out=poison(q), config=fwd_config, store_residual=True)
+    dq, dk, dv = softpick_backward(q, k, v, o, lse, do, lens, residual=res, dq=poison(q), dk=poison(k),
+                                   dv=poison(v), configs=bwd_configs)
     qr, kr, vr = (x.detach().double().requires_grad_() for x in (q, k, v))
     ref = reference64(qr, kr, vr, lens)
     ref.backward(do.double())

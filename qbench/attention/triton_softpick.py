@@ -3,7 +3,7 @@
 Causal self-attention, q [B, H, T, D], k and v [B, Hkv, T, D] (GQA: query head h reads kv head
 h // (H // Hkv)), D in {32, 64, 128}, fp16/bf16 inputs (fp32 too: tf32 dots on a GPU) with fp32
 accumulation, any T, optional right padding `seq_lens` (int [B]: keys at positions >= seq_lens[b]
-are masked). Memory is linear in T: per query row the forward keeps one float (L below).
+are masked; query rows past it still get finite values). Memory is linear in T.
 
 The math (see reference.py): with scores x_ij = q_i.k_j * scale over unmasked keys j,
     softpick(x)_ij = relu(e^{x_ij - m_i} - e^{-m_i}) / (sum_j |e^{x_ij - m_i} - e^{-m_i}| + eps)
@@ -17,6 +17,9 @@ floating point, a zero score contributes nothing to either sum, leaves m = max(0
 and has zero gradient. Keys beyond seq_len (and beyond T) are therefore loaded as zero vectors,
 which gives score 0 exactly: only diagonal blocks need an explicit (causal) mask.
 
+Memory: no T x T buffer. Saved for the backward: q, k, v, O, L (one float per query row) and,
+for 16-bit inputs, O's rounding residual (see softpick_forward).
+
 Everything is computed in the log2 domain (x2 = x * log2(e), exp2). The forward stores per row
     L_i = m_i + log2(Z_i),   Z_i = sum_j |a_ij| + eps   (a_ij = 2^{x2_ij - m_i} - 2^{-m_i})
 so that the backward recomputes p_ij = relu(2^{x2_ij - L_i} - 2^{-L_i}) with one exp2.
@@ -29,6 +32,7 @@ Delta_i = sum_j dp_ij p_ij = dO_i . O_i:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -97,10 +101,11 @@ if triton is not None:
         return acc, den, m_i
 
     @triton.jit(do_not_specialize=["T"])
-    def _fwd_kernel(Q, K, V, O, L, SEQ_LENS,
+    def _fwd_kernel(Q, K, V, O, ORES, L, SEQ_LENS,
                     sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
                     H, G, T, T_BUCKET, qk_scale, eps,
-                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                    HEAD_DIM: tl.constexpr, STORE_RES: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         # heaviest (last) query blocks first: better tail balance under causal masking
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -135,14 +140,17 @@ if triton is not None:
 
         z = den + eps
         out = acc / z[:, None]
-        tl.store(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :],
-                 out.to(O.dtype.element_ty), mask=row_ok[:, None])
+        o_off = b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :]
+        o_low = out.to(O.dtype.element_ty)
+        tl.store(O + o_off, o_low, mask=row_ok[:, None])
+        if STORE_RES:  # rounding residual of O, so that the backward's rowsum(dO * O) is exact
+            tl.store(ORES + o_off, (out - o_low.to(tl.float32)).to(O.dtype.element_ty), mask=row_ok[:, None])
         tl.store(L + pid_bh.to(tl.int64) * T + offs_m, m_i + tl.log2(z), mask=row_ok)
 
     # ---------------------------------------------------------------- backward
     @triton.jit(do_not_specialize=["T"])
-    def _bwd_preprocess(O, DO, DELTA, sob, soh, sot, sdb, sdh, sdt, H, T,
-                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+    def _bwd_preprocess(O, ORES, DO, DELTA, sob, soh, sot, sdb, sdh, sdt, H, T,
+                        HEAD_DIM: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_M: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = (pid_bh // H).to(tl.int64)
@@ -150,8 +158,10 @@ if triton is not None:
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, HEAD_DIM)
         ok = offs_m < T
-        o = tl.load(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :],
-                    mask=ok[:, None], other=0.0).to(tl.float32)
+        o_off = b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :]
+        o = tl.load(O + o_off, mask=ok[:, None], other=0.0).to(tl.float32)
+        if HAS_RES:
+            o += tl.load(ORES + o_off, mask=ok[:, None], other=0.0).to(tl.float32)
         do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdt + offs_d[None, :],
                      mask=ok[:, None], other=0.0).to(tl.float32)
         tl.store(DELTA + pid_bh.to(tl.int64) * T + offs_m, tl.sum(o * do, 1), mask=ok)
@@ -314,14 +324,10 @@ if triton is not None:
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). Forward and dq: BLOCK_M % BLOCK_N == 0 (the
 # diagonal is covered by whole key blocks); dkdv: BLOCK_N % BLOCK_M == 0.
 FWD_CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 4), (128, 32, 4, 4)]
-DKDV_CONFIGS = [(32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3)]
-DQ_CONFIGS = [(128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3)]
-# used when autotuning is off (QBENCH_SOFTPICK_AUTOTUNE=0, the interpreter, or explicit configs)
-DEFAULT_CONFIGS = {
-    "fwd": (128, 64, 8, 3),
-    "dkdv": (32, 64, 4, 3),
-    "dq": (64, 32, 4, 3),
-}
+DKDV_CONFIGS = [(32, 128, 8, 3), (64, 128, 8, 3), (32, 128, 4, 4), (32, 64, 4, 3), (64, 64, 4, 3)]
+DQ_CONFIGS = [(128, 32, 8, 3), (128, 64, 8, 3), (128, 32, 4, 4), (64, 32, 4, 3), (64, 64, 4, 3)]
+# used when autotuning is off (QBENCH_SOFTPICK_AUTOTUNE=0, the interpreter) and no config is given
+DEFAULT_CONFIGS = {"fwd": (128, 64, 8, 3), "dkdv": (32, 64, 4, 3), "dq": (64, 32, 4, 3)}
 PREPROCESS_BLOCK = 64
 
 
@@ -336,28 +342,32 @@ def _tuned(name):
     """The autotuned wrapper of kernel `name` (built once). Keyed on a power-of-2 bucket of T,
     not T itself, so that every new length of an evaluation batch does not re-tune."""
     if name not in _TUNED:
-        kernel, configs = {
-            "fwd": (_fwd_kernel, FWD_CONFIGS),
-            "dkdv": (_bwd_dkdv_kernel, DKDV_CONFIGS),
-            "dq": (_bwd_dq_kernel, DQ_CONFIGS),
+        kernel, configs, key = {
+            "fwd": (_fwd_kernel, FWD_CONFIGS, ["T_BUCKET", "HEAD_DIM", "STORE_RES"]),
+            "dkdv": (_bwd_dkdv_kernel, DKDV_CONFIGS, ["T_BUCKET", "HEAD_DIM"]),
+            "dq": (_bwd_dq_kernel, DQ_CONFIGS, ["T_BUCKET", "HEAD_DIM"]),
         }[name]
         cfgs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
                 for bm, bn, w, s in configs]
-        _TUNED[name] = triton.autotune(configs=cfgs, key=["T_BUCKET", "HEAD_DIM"])(kernel)
+        _TUNED[name] = triton.autotune(configs=cfgs, key=key)(kernel)
     return _TUNED[name]
 
 
-def _launch(name, kernel, grid_m, grid_bh, args, head_dim, config):
-    """Run `kernel` with a fixed config, or its autotuned wrapper when config is None."""
+def best_configs() -> dict:
+    """What the autotuner chose so far: {kernel: {key: config string}} (for the benchmark notes)."""
+    return {name: {str(k): str(c) for k, c in tuned.cache.items()} for name, tuned in _TUNED.items()}
+
+
+def _launch(name, kernel, n_rows, n_bh, args, config, **constexprs):
+    """Run `kernel` with a fixed config, or its autotuned wrapper when config is None.
+    The grid is (blocks over the rows the kernel's programs own, B * heads)."""
+    block = "BLOCK_N" if name == "dkdv" else "BLOCK_M"
     if config is None and _autotune_enabled():
-        tuned = _tuned(name)
-        tuned[lambda meta: (triton.cdiv(grid_m, meta["BLOCK_M" if name != "dkdv" else "BLOCK_N"]),
-                            grid_bh)](*args, HEAD_DIM=head_dim)
+        _tuned(name)[lambda meta: (triton.cdiv(n_rows, meta[block]), n_bh)](*args, **constexprs)
         return
     bm, bn, w, s = config if config is not None else DEFAULT_CONFIGS[name]
-    blocks = triton.cdiv(grid_m, bn if name == "dkdv" else bm)
-    kernel[(blocks, grid_bh)](*args, HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=bn,
-                              num_warps=w, num_stages=s)
+    blocks = triton.cdiv(n_rows, bn if name == "dkdv" else bm)
+    kernel[(blocks, n_bh)](*args, **constexprs, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
 
 
 def _bucket(t: int) -> int:
@@ -392,9 +402,17 @@ def _check(q, k, v):
         raise ValueError(f"q, k, v must share a dtype among fp16/bf16/fp32; got {q.dtype}, {k.dtype}, {v.dtype}")
 
 
-def softpick_forward(q, k, v, seq_lens=None, eps=SOFTPICK_EPS, scale=None, out=None, config=None):
-    """Forward only: (out [B, H, T, D], L [B, H, T] float32). `out` may be given (any layout with
-    a contiguous last dim); `config` = (BLOCK_M, BLOCK_N, num_warps, num_stages) skips autotuning."""
+def softpick_forward(q, k, v, seq_lens=None, eps=SOFTPICK_EPS, scale=None, out=None, config=None,
+                     store_residual=None):
+    """Forward only: (out [B, H, T, D], L [B, H, T] float32, residual or None).
+
+    residual: out's rounding error (out_fp32 - out, in out's dtype), stored for the backward of
+    16-bit inputs (default: when q requires grad) so that Delta = rowsum(dO * O) is computed from
+    O to ~16 bits. Softpick's dS multiplies the error of Delta by e^{x-m}/Z, which exceeds p
+    (by 1/(1 - e^{-x}) for a small positive score x); for a row with one visible key, where the
+    true gradient nearly cancels, Delta from the rounded O alone would leave gradient noise of the
+    order of dO. `out` may be given (any layout with a contiguous last dim); `config` =
+    (BLOCK_M, BLOCK_N, num_warps, num_stages) skips autotuning."""
     _check(q, k, v)
     q, k, v = _lastdim_contiguous(q), _lastdim_contiguous(k), _lastdim_contiguous(v)
     b, h, t, d = q.shape
@@ -402,21 +420,29 @@ def softpick_forward(q, k, v, seq_lens=None, eps=SOFTPICK_EPS, scale=None, out=N
     sm_scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     lens = _seq_lens_tensor(seq_lens, b, t, q.device)
     o = torch.empty_like(q) if out is None else out
-    if o.stride(-1) != 1:
-        raise ValueError("out needs a contiguous last dim")
+    if o.shape != q.shape or o.dtype != q.dtype or o.stride(-1) != 1:
+        raise ValueError("out must match q's shape and dtype, with a contiguous last dim")
+    if store_residual is None:
+        store_residual = q.requires_grad or k.requires_grad or v.requires_grad
+    store_residual = bool(store_residual) and q.dtype != torch.float32
+    res = torch.empty_like(o) if store_residual else None
+    if res is not None and res.stride() != o.stride():
+        res = torch.empty_strided(o.shape, o.stride(), dtype=o.dtype, device=o.device)
     lse = torch.empty((b, h, t), dtype=torch.float32, device=q.device)
-    if t == 0 or b == 0:
-        return o, lse
-    args = (q, k, v, o, lse, lens, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
+    if t == 0 or b == 0 or h == 0:
+        return o, lse, res
+    args = (q, k, v, o, res if res is not None else o, lse, lens,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
             h, h // hkv, t, _bucket(t), sm_scale * LOG2E, float(eps))
-    _launch("fwd", _fwd_kernel, t, b * h, args, d, config)
-    return o, lse
+    _launch("fwd", _fwd_kernel, t, b * h, args, config, HEAD_DIM=d, STORE_RES=res is not None)
+    return o, lse, res
 
 
-def softpick_backward(q, k, v, o, lse, do, seq_lens=None, scale=None, dq=None, dk=None, dv=None,
-                      configs=None):
-    """Backward: (dq, dk, dv). `configs` = {"dkdv": (...), "dq": (...)} skips autotuning."""
-    q, k, v, o, do = (_lastdim_contiguous(x) for x in (q, k, v, o, do))
+def softpick_backward(q, k, v, o, lse, do, seq_lens=None, scale=None, residual=None,
+                      dq=None, dk=None, dv=None, configs=None):
+    """Backward: (dq, dk, dv). `configs` = {"dkdv": (...), "dq": (...)} skips autotuning;
+    dq, dk, dv may be given (same shapes and dtypes as q, k, v; contiguous last dim)."""
+    q, k, v, do = (_lastdim_contiguous(x) for x in (q, k, v, do))
     b, h, t, d = q.shape
     hkv = k.shape[1]
     sm_scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
@@ -424,37 +450,39 @@ def softpick_backward(q, k, v, o, lse, do, seq_lens=None, scale=None, dq=None, d
     dq = torch.empty_like(q) if dq is None else dq
     dk = torch.empty_like(k) if dk is None else dk
     dv = torch.empty_like(v) if dv is None else dv
-    if t == 0 or b == 0:
+    if t == 0 or b == 0 or h == 0:
         return dq, dk, dv
+    if residual is not None and (residual.stride() != o.stride() or o.stride(-1) != 1):
+        o = o + residual.float()
+        residual = None
+    o = _lastdim_contiguous(o)
     delta = torch.empty((b, h, t), dtype=torch.float32, device=q.device)
     _bwd_preprocess[(triton.cdiv(t, PREPROCESS_BLOCK), b * h)](
-        o, do, delta, *o.stride()[:3], *do.stride()[:3], h, t,
-        HEAD_DIM=d, BLOCK_M=PREPROCESS_BLOCK, num_warps=4)
+        o, residual if residual is not None else o, do, delta, *o.stride()[:3], *do.stride()[:3], h, t,
+        HEAD_DIM=d, HAS_RES=residual is not None, BLOCK_M=PREPROCESS_BLOCK, num_warps=4)
     configs = configs or {}
     common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
     args = (q, k, v, do, lse, delta, dk, dv, lens, *common, *dk.stride()[:3], *dv.stride()[:3],
             h, hkv, h // hkv, t, _bucket(t), sm_scale, sm_scale * LOG2E)
-    _launch("dkdv", _bwd_dkdv_kernel, t, b * hkv, args, d, configs.get("dkdv"))
+    _launch("dkdv", _bwd_dkdv_kernel, t, b * hkv, args, configs.get("dkdv"), HEAD_DIM=d)
     args = (q, k, v, do, lse, delta, dq, lens, *common, *dq.stride()[:3],
             h, h // hkv, t, _bucket(t), sm_scale, sm_scale * LOG2E)
-    _launch("dq", _bwd_dq_kernel, t, b * h, args, d, configs.get("dq"))
+    _launch("dq", _bwd_dq_kernel, t, b * h, args, configs.get("dq"), HEAD_DIM=d)
     return dq, dk, dv
 
 
 class _SoftpickAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, seq_lens, eps, scale):
-        o, lse = softpick_forward(q, k, v, seq_lens, eps, scale)
-        ctx.save_for_backward(q, k, v, o, lse, seq_lens if torch.is_tensor(seq_lens) else None)
-        ctx.seq_lens = None if torch.is_tensor(seq_lens) else seq_lens
+        o, lse, res = softpick_forward(q, k, v, seq_lens, eps, scale, store_residual=True)
+        ctx.save_for_backward(q, k, v, o, lse, seq_lens, res)
         ctx.scale = scale
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, lse, lens = ctx.saved_tensors
-        lens = lens if lens is not None else ctx.seq_lens
-        dq, dk, dv = softpick_backward(q, k, v, o, lse, do, lens, ctx.scale)
+        q, k, v, o, lse, lens, res = ctx.saved_tensors
+        dq, dk, dv = softpick_backward(q, k, v, o, lse, do, lens, ctx.scale, residual=res)
         return dq, dk, dv, None, None, None
 
 
@@ -463,19 +491,13 @@ def softpick_attention(q, k, v, seq_lens=None, eps: float = SOFTPICK_EPS, scale:
     seq_lens: optional int [B] for right-padded batches (keys >= seq_lens[b] masked).
     scale defaults to 1/sqrt(D). Returns out [B, H, T, D] in q's dtype; differentiable."""
     if triton is None:
-        raise RuntimeError("softpick_attention needs triton (pip install triton)")
+        raise RuntimeError("softpick_attention needs triton")
     if not (q.is_cuda or _interpreting()):
         raise RuntimeError("softpick_attention needs CUDA tensors (or TRITON_INTERPRET=1)")
     _check(q, k, v)
     if seq_lens is not None:
         seq_lens = _seq_lens_tensor(seq_lens, q.shape[0], q.shape[2], q.device)
-    with torch.cuda.device(q.device) if q.is_cuda else _nullcontext():
-        return _SoftpickAttention.apply(q, k, v, seq_lens, eps, scale)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            return _SoftpickAttention.apply(q, k, v, seq_lens, eps, scale)
+        return softpick_forward(q, k, v, seq_lens, eps, scale, store_residual=False)[0]

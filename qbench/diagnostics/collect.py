@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..attention.reference import repeat_kv, softpick
@@ -168,12 +167,16 @@ def collect(model, input_ids: torch.Tensor, attention: str = "auto", chunk: int 
     def block_hook(i):
         def hook(module, args, output):
             x = output[0]
-            state["hidden"][i] = [Moments.of(x[b]).as_list() for b in range(x.shape[0])]
+            state["hidden"][i] = [m.as_list() for m in Moments.of_rows(x)]
         return hook
 
     def linear_hook(name):
         def hook(module, args):
-            state["linear"][name] = args[0].detach().abs().flatten(1).amax(1).double().cpu()
+            x = args[0]
+            if id(x) not in state["seen"]:  # q/k/v (and gate/up) read the same tensor: reduce it once
+                lo, hi = torch.aminmax(x.detach().flatten(1), dim=1)
+                state["seen"][id(x)] = (x, torch.maximum(-lo, hi).double().cpu())
+            state["linear"][name] = state["seen"][id(x)][1]
         return hook
 
     def attn_hook(i):
@@ -203,11 +206,12 @@ def collect(model, input_ids: torch.Tensor, attention: str = "auto", chunk: int 
     first, zeros, hidden, linear = [], [], [], []
     try:
         for start in range(0, input_ids.shape[0], batch_size):
-            state.update(hidden={}, linear={}, attn={})
+            state.update(hidden={}, linear={}, attn={}, seen={})
             ids = input_ids[start:start + batch_size].to(device)
-            out = model(ids, output_attentions=(path == "maps"))
+            # the base model only: the diagnostics need no logits (the lm_head is most of a small model's work)
+            _, _, attentions = model.model(ids, output_attentions=(path == "maps"))
             if path == "maps":
-                stats = [maps_attention_stats(w, include_first_query) for w in out.attentions]
+                stats = [maps_attention_stats(w, include_first_query) for w in attentions]
             else:
                 stats = [state["attn"][i] for i in range(len(blocks))]
             first.append(torch.stack([s[0] for s in stats], 1).cpu())      # [B, L, H]
@@ -215,7 +219,8 @@ def collect(model, input_ids: torch.Tensor, attention: str = "auto", chunk: int 
             hidden.append(np.array([[state["hidden"][i][b] for i in range(len(blocks))]
                                     for b in range(ids.shape[0])], dtype=np.float64))
             linear.append(torch.stack([state["linear"][n] for n in linear_names], 1))
-            del out
+            del attentions
+            state.clear()
     finally:
         for h in handles:
             h.remove()

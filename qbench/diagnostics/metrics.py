@@ -103,16 +103,23 @@ class Moments:
     __slots__ = ("n", "mean", "m2", "m3", "m4", "min", "max")
 
     def __init__(self, n=0, mean=0.0, m2=0.0, m3=0.0, m4=0.0, min=float("inf"), max=float("-inf")):
-        self.n, self.mean, self.m2, self.m3, self.m4, self.min, self.max = n, mean, m2, m3, m4, min, max
+        self.n = int(n)
+        self.mean, self.m2, self.m3, self.m4, self.min, self.max = map(float, (mean, m2, m3, m4, min, max))
 
     @classmethod
     def of(cls, values: torch.Tensor) -> "Moments":
-        x = values.detach().double().flatten()
-        mean = x.mean()
+        return cls.of_rows(values.reshape(1, -1))[0]
+
+    @classmethod
+    def of_rows(cls, values: torch.Tensor) -> list["Moments"]:
+        """One Moments per row of values [R, ...] (all other dims flattened), in one pass of ops."""
+        x = values.detach().flatten(1).double()
+        mean = x.mean(1, keepdim=True)
         d = x - mean
         d2 = d * d
-        sums = torch.stack([mean, d2.sum(), (d2 * d).sum(), (d2 * d2).sum(), x.min(), x.max()]).tolist()
-        return cls(x.numel(), *sums)
+        lo, hi = torch.aminmax(x, dim=1)
+        sums = torch.stack([mean[:, 0], d2.sum(1), (d2 * d).sum(1), (d2 * d2).sum(1), lo, hi], 1).tolist()
+        return [cls(x.shape[1], *row) for row in sums]
 
     def merge(self, other: "Moments") -> "Moments":
         if other.n == 0:

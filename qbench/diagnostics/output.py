@@ -147,15 +147,14 @@ def plot(result: dict, path) -> None:
         c.plot(x, p["sparsity"], "o-", color=colors[kind], label=f"{kind}: sparsity (%)")
         c.plot(x, [100 * v for v in p["first_token_attention_max_head"]], "s--", color=colors[kind], alpha=0.7,
                label=f"{kind}: max head attn to first token (%)")
-    a.set(title="largest |input| of the linear layers", xlabel="layer", ylabel="max |x|", yscale="log")
-    b.set(title="hidden states (block outputs)", xlabel="layer", ylabel="kurtosis (Pearson)", yscale="log")
+    a.set(title="largest |input| of the linear layers", xlabel="layer", ylabel="max |x|")
+    b.set(title="hidden states (block outputs)", xlabel="layer", ylabel="kurtosis (Pearson, solid)")
     b2.set_ylabel("max |h| (dotted)")
     c.set(title="attention", xlabel="layer", ylabel="%", ylim=(-2, 102))
-    from matplotlib.ticker import MaxNLocator, NullFormatter
+    from matplotlib.ticker import MaxNLocator
 
     for ax in (a, b, b2, c, d):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.yaxis.set_minor_formatter(NullFormatter())  # log axes: no mathtext minor labels (slow, cluttered)
     for ax in (a, b, c):
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
@@ -170,18 +169,27 @@ def plot(result: dict, path) -> None:
                     d.plot(range(len(r["per_layer"])), r["per_layer"], style, color=cmap(j % cmap.N),
                            label=f"{combo[0]} {combo[1]}-bit {r['model']}")
         d.set(title="weight quantization error per layer (solid softmax, dashed softpick)", xlabel="layer",
-              ylabel="relative weight error (RMS over the layer's linears)", yscale="log")
+              ylabel="relative weight error (RMS over the layer's linears)")
         d.legend(fontsize=6, ncol=2)
         d.grid(alpha=0.3)
     else:
         d.axis("off")
         d.text(0.5, 0.5, "no quantization reports\n(qbench diagnose ... --results RESULTS_DIR)", ha="center",
                va="center")
+    for ax in (a, b, b2, d):
+        _auto_log(ax)
     s = result["sample"]
     fig.suptitle(f"softmax vs softpick diagnostics: {s['samples']} x {s['seq_len']} tokens, seed {s['seed']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
+
+
+def _auto_log(ax, ratio=30.0) -> None:
+    """Log scale when the plotted values span more than `ratio` (outliers), else linear."""
+    ys = [float(y) for line in ax.get_lines() for y in line.get_ydata() if math.isfinite(float(y)) and float(y) > 0]
+    if ys and max(ys) / min(ys) > ratio:
+        ax.set_yscale("log")
 
 
 def write_diagnostics(result: dict, out_dir) -> dict[str, Path]:

@@ -16,8 +16,10 @@ never recomputes done ones.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
+import io
 import math
 import os
 import platform
@@ -115,8 +117,34 @@ def base_record(spec: CellSpec, run_id: str | None = None, attempt: int = 1) -> 
                  "cpus": os.cpu_count(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
         "error": None,
         "traceback": None,
+        "log": None,
         "identity": ident,
     }
+
+
+class _Tail(io.TextIOBase):
+    """Keeps the last `limit` characters written (a cell's console output: library warnings and
+    progress bars stay out of the sweep's own output and go into the cell's record)."""
+
+    def __init__(self, limit: int = 4000):
+        self.limit, self.text = limit, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        self.text = (self.text + s)[-4 * self.limit:]
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def getvalue(self) -> str:
+        lines = [line.split("\r")[-1].rstrip() for line in self.text.split("\n")]
+        return "\n".join(line for line in lines if line)[-self.limit:]
 
 
 def _check_finite(metrics: dict) -> None:
@@ -128,60 +156,68 @@ def _check_finite(metrics: dict) -> None:
 
 def compute_cell(spec: CellSpec, source: ModelSource, run_id: str | None = None, attempt: int = 1) -> dict:
     """Compute one cell and return its record (status done or failed). Never raises for a
-    failure of the cell itself; KeyboardInterrupt and SystemExit pass through."""
+    failure of the cell itself; KeyboardInterrupt and SystemExit pass through. What libraries
+    print meanwhile is kept out of the console and stored (its tail) in the record's `log`."""
     import torch
 
     record = base_record(spec, run_id, attempt)
     record["started_at"] = _now()
-    t0 = time.perf_counter()
-    model = None
-    timing = record["timing"]
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    output = _Tail()
     try:
-        ckpt = source.checkpoint(spec.kind)
-        if ckpt.content_hash != spec.identity["model"]["hash"]:
-            raise RuntimeError(f"{spec.model_path} changed since the sweep was expanded "
-                               f"(content hash {ckpt.content_hash}, expected {spec.identity['model']['hash']})")
-        t = time.perf_counter()
-        model = source.fresh_model(spec.kind, spec.device)
-        timing["copy"] = time.perf_counter() - t
-        if spec.recipe is not None:
-            from ..quant import quantize
-
-            calib = None
-            if spec.recipe.calib is not None:
-                t = time.perf_counter()
-                calib = source.calibration(spec.recipe, spec.calibration_text)
-                timing["calibration_batch"] = time.perf_counter() - t
-            t = time.perf_counter()
-            report = quantize(model, spec.recipe, spec.bits, calib=calib)
-            timing["quantize"] = time.perf_counter() - t
-            record["quant_report"] = report.to_dict()
-        from ..eval import evaluate
-
-        t = time.perf_counter()
-        metrics, details = evaluate(model, ckpt.tokenizer, tasks=spec.tasks, limit=spec.limit,
-                                    batch_size=spec.eval.get("batch_size"),
-                                    max_batch_tokens=spec.eval.get("max_batch_tokens"),
-                                    scorer=spec.eval.get("scorer", "qbench"),
-                                    bootstrap_iters=spec.eval.get("bootstrap_iters", 1000),
-                                    tasks_dir=spec.tasks_dir, online=False, return_details=True)
-        timing["evaluate"] = time.perf_counter() - t
-        record["metrics"] = metrics
-        record["n_samples"] = details.get("n_samples")
-        _check_finite(metrics)
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            _compute(spec, source, record)
+        _check_finite(record["metrics"])
         record["status"] = "done"
     except Exception as err:  # the cell failed; the sweep goes on
         record["status"] = "failed"
         record["error"] = f"{type(err).__name__}: {err}"
         record["traceback"] = traceback.format_exc()
     finally:
-        del model
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     record["seconds"] = time.perf_counter() - t0
+    record["timing"]["cpu_seconds"] = time.process_time() - cpu0
+    record["log"] = output.getvalue()
     record["finished_at"] = _now()
     return record
+
+
+def _compute(spec: CellSpec, source: ModelSource, record: dict) -> None:
+    """Quantize a fresh copy of the model and evaluate it; fills the record's results."""
+    timing = record["timing"]
+    ckpt = source.checkpoint(spec.kind)
+    if ckpt.content_hash != spec.identity["model"]["hash"]:
+        raise RuntimeError(f"{spec.model_path} changed since the sweep was expanded "
+                           f"(content hash {ckpt.content_hash}, expected {spec.identity['model']['hash']})")
+    t = time.perf_counter()
+    model = source.fresh_model(spec.kind, spec.device)
+    timing["copy"] = time.perf_counter() - t
+    if spec.recipe is not None:
+        from ..quant import quantize
+
+        calib = None
+        if spec.recipe.calib is not None:
+            t = time.perf_counter()
+            calib = source.calibration(spec.recipe, spec.calibration_text)
+            timing["calibration_batch"] = time.perf_counter() - t
+        t = time.perf_counter()
+        report = quantize(model, spec.recipe, spec.bits, calib=calib)
+        timing["quantize"] = time.perf_counter() - t
+        record["quant_report"] = report.to_dict()
+    from ..eval import evaluate
+
+    t = time.perf_counter()
+    metrics, details = evaluate(model, ckpt.tokenizer, tasks=spec.tasks, limit=spec.limit,
+                                batch_size=spec.eval.get("batch_size"),
+                                max_batch_tokens=spec.eval.get("max_batch_tokens"),
+                                scorer=spec.eval.get("scorer", "qbench"),
+                                bootstrap_iters=spec.eval.get("bootstrap_iters", 1000),
+                                tasks_dir=spec.tasks_dir, online=False, return_details=True)
+    timing["evaluate"] = time.perf_counter() - t
+    record["metrics"] = metrics
+    record["n_samples"] = details.get("n_samples")
 
 
 # ----------------------------------------------------------------------------- reporting lines

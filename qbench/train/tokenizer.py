@@ -10,6 +10,7 @@ nothing else): each document becomes `<s>` + tokens + `</s>`, all concatenated, 
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -56,14 +57,21 @@ def build_tokenizer(documents, vocab_size: int = 8192):
 
 
 def save_tokenizer(tok, out_dir, model_max_length: int = 2048) -> Path:
-    """Save as a transformers fast tokenizer (tokenizer.json + config + special tokens map)."""
+    """Save as a transformers fast tokenizer: tokenizer.json, tokenizer_config.json (class
+    PreTrainedTokenizerFast, which transformers 4 and 5 both load) and special_tokens_map.json."""
     from transformers import PreTrainedTokenizerFast
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, unk_token=UNK,
-                                   pad_token=UNK, model_max_length=model_max_length)
+    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": UNK, "pad_token": UNK}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length,
+                                   clean_up_tokenization_spaces=False, **special)
     fast.save_pretrained(str(out_dir))
+    config_file = out_dir / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config.update(special, tokenizer_class="PreTrainedTokenizerFast", clean_up_tokenization_spaces=False)
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
     return out_dir
 
 

@@ -281,6 +281,7 @@ class RunSpec:
     evaluate: bool = True
     device: str = "auto"
     compile: bool = False
+    autocast: bool | None = None       # bf16 autocast; None = on CUDA only
     deterministic: bool = True
     overwrite: bool = False
     progress: bool = True
@@ -472,6 +473,7 @@ def train_model(spec: RunSpec, inputs: Inputs | None = None):
     model.to(device).train()
 
     cuda = device.type == "cuda"
+    autocast = cuda if spec.autocast is None else spec.autocast
     matrices = [p for p in model.parameters() if p.ndim >= 2]
     vectors = [p for p in model.parameters() if p.ndim < 2]
     opt_cfg = preset["optimizer"]
@@ -511,7 +513,7 @@ def train_model(spec: RunSpec, inputs: Inputs | None = None):
             lr = lr_at(step, preset["lr"], preset["warmup_steps"], steps, preset["min_lr_ratio"])
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 hidden = model.model(x[:, :-1])[0]
                 loss = loss_fn(hidden, model.lm_head.weight, x[:, 1:])
             loss.backward()
@@ -563,7 +565,7 @@ def train_model(spec: RunSpec, inputs: Inputs | None = None):
         "train_seconds": round(train_seconds, 2),
         "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({os.cpu_count()} cores, "
                                                                   f"{torch.get_num_threads()} threads)",
-        "precision": "bf16 autocast, fp32 master weights" if cuda else "float32",
+        "precision": "bf16 autocast, fp32 master weights" if autocast else "float32",
         "compile": spec.compile,
         "deterministic_algorithms": bool(cuda and spec.deterministic),
         "versions": _versions(),
@@ -577,7 +579,7 @@ def train_model(spec: RunSpec, inputs: Inputs | None = None):
                        "folder_bytes": sum(p.stat().st_size for p in out.iterdir() if p.is_file())},
     }
     if windows is not None:
-        ppl = evaluate_perplexity(model, windows, device, autocast=cuda)
+        ppl = evaluate_perplexity(model, windows, device, autocast=autocast)
         unigram = unigram_perplexity(tokens, windows[:, 1:], len(tokenizer))
         summary["heldout"] = {"file": str(inputs.heldout), "windows": int(len(windows)), "context": context,
                               "predicted_tokens": int(windows[:, 1:].size),
@@ -665,6 +667,8 @@ def _run_children(spec: RunSpec, inputs: Inputs, root: Path) -> dict:
 
     preset = resolve_preset(spec.preset, spec.steps, spec.batch_size)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    if spec.device == "cpu":  # two processes share the cores instead of fighting over all of them
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // 2))
     procs, logs, bars = {}, {}, {}
     for i, kind in enumerate(KINDS):
         (root / kind / LOG_FILE).unlink(missing_ok=True)

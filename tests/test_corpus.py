@@ -123,6 +123,9 @@ def test_unwritable_output_folder_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(CorpusError, match="cannot write the corpus"):
         write_corpus(tmp_path / "file" / "corpus", [("a", make_docs(10, 0))], sources_meta(["a"]))
+    with pytest.raises(CorpusError, match="cannot write the corpus"):  # before anything is fetched
+        C.build_corpus(tmp_path / "file" / "corpus", downloads=tmp_path / "downloads")
+    assert not (tmp_path / "downloads").exists()
 
 
 # -- cleaning, chunking, markup ----------------------------------------------------------------
@@ -141,7 +144,7 @@ def test_chunk_keeps_small_sections_whole_and_cuts_long_ones_at_paragraphs():
     assert "\n\n".join(docs) == section                  # nothing lost, cut only between paragraphs
     lines = "\n".join(f"Verse {i}" + " x" * 50 for i in range(300))  # one long paragraph of lines
     docs = C.chunk(lines)
-    assert len(docs) > 3 and "\n".join(d.replace("\n\n", "\n") for d in docs) == lines
+    assert len(docs) > 3 and "\n".join(docs) == lines and "\n\n" not in "".join(docs)
 
 
 def test_osis_to_text_drops_notes_and_tags():

@@ -76,13 +76,16 @@ def _check(ref_ll, ref_roll, got_ll, got_roll):
         assert abs(a - b) <= TOL + RTOL_ROLLING * abs(b), (a, b)
 
 
-@pytest.mark.parametrize("max_batch_tokens,batch_size", [(1, None), (150, None), (100_000, 3), (100_000, None)])
-def test_matches_hflm_at_any_batching(model_and_tokenizer, reference, max_batch_tokens, batch_size):
+@pytest.mark.parametrize("max_batch_tokens,batch_size,gather", [
+    (1, None, True), (150, None, True), (100_000, 3, True), (100_000, None, True), (150, None, False)])
+def test_matches_hflm_at_any_batching(model_and_tokenizer, reference, max_batch_tokens, batch_size, gather):
     model, tok = model_and_tokenizer
     _, ref_ll, ref_roll = reference
-    lm = QBenchLM(pretrained=model, tokenizer=tok, max_batch_tokens=max_batch_tokens, batch_size=batch_size)
+    lm = QBenchLM(pretrained=model, tokenizer=tok, max_batch_tokens=max_batch_tokens, batch_size=batch_size,
+                  gather_in_head=gather)
     ll, rolling = _requests()
     _check(ref_ll, ref_roll, lm.loglikelihood(ll), lm.loglikelihood_rolling(rolling))
+    assert lm._gather_in_head == gather   # the output layer ran on the scored positions only (or not asked to)
     # duplicates and one-token continuations that share a context are not run twice
     assert lm.stats["forward_rows"] < lm.stats["requests"]
 

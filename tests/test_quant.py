@@ -17,6 +17,15 @@ CALIB = {"samples": 8, "seq_len": 32, "seed": 0}
 N_LINEAR_IN_BLOCKS = 14  # 2 blocks x (q, k, v, o, gate, up, down)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is faster, and far faster on a loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @functools.lru_cache(maxsize=None)
 def base_model():
     return new_model("softmax", seed=0, **TINY)
@@ -69,7 +78,8 @@ def test_recipes_cover_every_method_and_the_paper_grid():
     for n in available_recipes():
         r = load_recipe(n)
         by_method.setdefault(r.method, set()).update(r.bits)
-    assert set(by_method) == set(methods()) == {"rtn", "hqq", "gptq", "bnb", "quanto", "act"}
+    assert set(by_method) == set(methods())   # every registered method ships a recipe
+    assert set(methods()) >= {"rtn", "hqq", "gptq", "bnb", "quanto", "act"}
     assert {8, 4, 3, 2} <= by_method["hqq"] and {8, 4, 3, 2} <= by_method["gptq"]
     assert {8, 4} <= by_method["bnb"]
     assert {"w8a8-rtn", "w4a8-rtn", "w4a4-rtn"} <= set(available_recipes())

@@ -116,6 +116,33 @@ def test_same_seed_same_weights(corpus, tmp_path, trained):
     assert summary["init_hash"] != json.loads((out / T.SUMMARY_FILE).read_text())["init_hash"]
 
 
+def test_bf16_autocast_path(corpus, tmp_path):
+    """The GPU recipe (bf16 autocast, fp32 master weights, bf16 checkpoint) on the CPU."""
+    out = tmp_path / "bf16"
+    model, summary = T.train_model(spec(corpus, out, "softmax", steps=10, autocast=True))
+    losses = [float(r["loss"]) for r in read_log(out)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert summary["precision"].startswith("bf16 autocast")
+    assert next(model.parameters()).dtype == torch.float32  # debug saves float32
+
+
+def test_bf16_checkpoint_and_its_perplexity(corpus, tmp_path, monkeypatch):
+    """Presets that save bf16 (tiny, small): the summary's perplexity is that of the bf16 weights."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setitem(PRESETS, "debug", {**PRESETS["debug"], "save_dtype": "bfloat16"})
+    out = tmp_path / "bf16save"
+    model, summary = T.train_model(spec(corpus, out, "softpick", steps=4))
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    assert next(model.parameters()).dtype == torch.bfloat16
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    windows = T.heldout_windows(corpus / "heldout_eval.txt", T.load_tokenizer(out), 64, 8)
+    ppl = T.evaluate_perplexity(reloaded, windows, torch.device("cpu"), autocast=False)
+    assert ppl == pytest.approx(summary["heldout"]["perplexity"], rel=1e-4)
+
+
 def test_pair_shares_init_and_data_order(corpus, tmp_path):
     from qbench.model import check_pair
 
@@ -128,6 +155,7 @@ def test_pair_shares_init_and_data_order(corpus, tmp_path):
     assert json.loads((tmp_path / "pair" / T.PAIR_SUMMARY_FILE).read_text())["same_init"] is True
 
 
+@pytest.mark.slow
 def test_pair_as_two_processes(corpus, tmp_path):
     """The form the GPU run uses: two `python -m qbench.train.train` processes at once."""
     pair = T.train_pair(spec(corpus, tmp_path / "pair", "pair", steps=3, heldout=None, evaluate=False),
@@ -137,6 +165,22 @@ def test_pair_as_two_processes(corpus, tmp_path):
         summary = json.loads((tmp_path / "pair" / kind / T.SUMMARY_FILE).read_text())
         assert summary["attention"] == kind and summary["command"] == "qbench train (test)"
         assert len(read_log(tmp_path / "pair" / kind)) == 3
+
+
+def test_cuda_determinism_settings(monkeypatch):
+    """What a CUDA run asks of torch (set here without a GPU, then put back)."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.delenv("QBENCH_SOFTPICK_AUTOTUNE", raising=False)
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    try:
+        T._set_determinism(torch.device("cuda"), True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert not torch.utils.deterministic.fill_uninitialized_memory
+        import os
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and os.environ["QBENCH_SOFTPICK_AUTOTUNE"] == "0"
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def test_sampler_is_seeded_and_covers_the_file():

@@ -79,11 +79,33 @@ def make_case(b, h, hkv, t, d, dtype, device, seed, lens=None, neg_rows=(), scal
     return q, k, v, do, lens
 
 
+_STANDALONE = {}
+
+
+def _kernel_module():
+    """qbench.attention.triton_softpick; in the interpreter subprocess it is loaded straight from
+    its file, which skips importing qbench (and transformers) there."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        if "mod" not in _STANDALONE:
+            import importlib.util as iu
+
+            spec = iu.spec_from_file_location("_triton_softpick_standalone",
+                                              REPO / "qbench" / "attention" / "triton_softpick.py")
+            mod = iu.module_from_spec(spec)
+            sys.modules[spec.name] = mod
+            spec.loader.exec_module(mod)
+            _STANDALONE["mod"] = mod
+        return _STANDALONE["mod"]
+    from qbench.attention import triton_softpick
+
+    return triton_softpick
+
+
 def run_case(case, device, fwd_config=None, bwd_configs=None):
     """Kernel vs float64 reference on one case. Outputs are written into NaN-poisoned buffers.
     Returns a dict of relative errors and flags."""
-    from qbench.attention.triton_softpick import softpick_attention, softpick_backward, softpick_forward
-
+    tsp = _kernel_module()
+    softpick_attention, softpick_backward, softpick_forward = tsp.softpick_attention, tsp.softpick_backward, tsp.softpick_forward
     b, h, hkv, t, d, dtype = (case[key] for key in ("b", "h", "hkv", "t", "d", "dtype"))
     q, k, v, do, lens = make_case(b, h, hkv, t, d, dtype, device, case["seed"], case.get("lens"),
                                   case.get("neg_rows", ()), case.get("scale", 1.0))
@@ -94,9 +116,12 @@ def run_case(case, device, fwd_config=None, bwd_configs=None):
     qr, kr, vr = (x.detach().double().requires_grad_() for x in (q, k, v))
     ref = reference64(qr, kr, vr, lens)
     ref.backward(do.double())
+    # A query with one visible key has an eps-sized true gradient (p = a / (a + eps)), so for
+    # T = 1 the gradient error is measured against ||dO|| instead of the (near-zero) reference.
+    gerr = rel_err if t > 1 else (lambda x, r: (x.double() - r).norm().item() / do.double().norm().item())
     res = {
         "name": case["name"],
-        "out": rel_err(o, ref), "dq": rel_err(dq, qr.grad), "dk": rel_err(dk, kr.grad), "dv": rel_err(dv, vr.grad),
+        "out": rel_err(o, ref), "dq": gerr(dq, qr.grad), "dk": gerr(dk, kr.grad), "dv": rel_err(dv, vr.grad),
         "finite": bool(all(torch.isfinite(x).all() for x in (o, lse, dq, dk, dv))),
     }
     rows = list(case.get("neg_rows", ()))
@@ -135,7 +160,7 @@ def interpreter_cases():
         c("t33-d32-lens-0-1", 3, 2, 1, 33, 32, f32, 7, lens=[0, 1, 32]),
         c("t40-d32-negrows", 2, 2, 1, 40, 32, f32, 8, neg_rows=(0, 5, 17, 39), lens=[40, 30]),
         c("t70-d64-large-scores", 1, 2, 1, 70, 64, f32, 9, scale=2.5),
-        c("t67-d64-fp16-gqa", 2, 4, 2, 67, 64, f16, 10, lens=[67, 40]),
+        c("t41-d64-fp16-gqa", 2, 2, 1, 41, 64, f16, 10, lens=[41, 30]),
         c("t29-d128-fp16", 1, 2, 1, 29, 128, f16, 11, neg_rows=(3,)),
         c("t48-d32-autograd", 1, 2, 1, 48, 32, f32, 12, autograd=True),
     ]
@@ -166,7 +191,7 @@ def interpreter_main():
     for case in interpreter_cases():
         results.append(run_case(case, "cpu", INTERP_FWD, INTERP_BWD))
     for i, (fwd, bwd) in enumerate(INTERP_ALT):
-        for case in interpreter_cases()[5:10]:
+        for case in interpreter_cases()[5:9]:
             res = run_case(case, "cpu", fwd, bwd)
             res["name"] += f"@alt{i}"
             results.append(res)
@@ -193,7 +218,7 @@ def test_interpreter_forward_and_gradients_match_float64(interpreter_results):
         if not res["finite"] or max(errs.values()) > res["tol"] or not res.get("zero_rows", True) \
                 or not res.get("autograd_same", True):
             bad.append(res)
-    assert len(interpreter_results) >= 20
+    assert len(interpreter_results) == len(interpreter_cases()) + 4 * len(INTERP_ALT)
     assert not bad, json.dumps(bad, indent=1)
 
 

@@ -374,9 +374,17 @@ def _bucket(t: int) -> int:
     return max(64, triton.next_power_of_2(t))
 
 
+_FULL_LENS = {}
+
+
 def _seq_lens_tensor(seq_lens, b, t, device):
-    if seq_lens is None:
-        return torch.full((b,), t, dtype=torch.int32, device=device)
+    if seq_lens is None:  # cached: no fill kernel per call (never written to)
+        key = (b, t, str(device))
+        if key not in _FULL_LENS:
+            if len(_FULL_LENS) > 256:
+                _FULL_LENS.clear()
+            _FULL_LENS[key] = torch.full((b,), t, dtype=torch.int32, device=device)
+        return _FULL_LENS[key]
     seq_lens = torch.as_tensor(seq_lens, device=device).to(torch.int32).contiguous()
     if seq_lens.shape != (b,):
         raise ValueError(f"seq_lens must have shape [{b}], got {tuple(seq_lens.shape)}")

@@ -13,9 +13,10 @@ how the token requests are run:
   HFLM's one-token "logits cache" and more;
 * the distinct inputs are sorted by length and packed into right-padded batches under a token
   budget (rows x padded length <= max_batch_tokens), no attention mask (as HFLM);
-* logits are kept only from the first scored position on (`logits_to_keep`, where the model's
-  forward takes it), log-softmax is taken in float32 only at continuation positions, and the
-  sums / greedy checks are vectorized on the device, with one transfer at the end;
+* the output layer runs only on the scored (continuation) positions: a forward pre-hook on
+  `model.get_output_embeddings()` gathers their hidden states (fallback: full logits, cut with
+  `logits_to_keep` where the forward takes it); log-softmax is taken in float32 on those rows
+  only, and the sums / greedy checks are vectorized on the device, with one transfer at the end;
 * loglikelihood_rolling uses lm-eval's own window functions (get_rolling_token_windows +
   make_disjoint_window, context_len 1, the model's max_length) and scores all windows of all
   documents in one pass of the packer.
@@ -34,6 +35,10 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
 
 from .errors import TokenizerError
+
+
+class _NoGather(Exception):
+    """The output layer does not see [batch, time, hidden] states: gather after it instead."""
 
 
 def check_tokenizer(tokenizer) -> None:
@@ -59,11 +64,12 @@ class QBenchLM(HFLM):
         4096 on CPU.
     batch_size: at most this many rows per forward (None: only the token budget limits); also the
         batch size of generate_until.
+    gather_in_head: run the output layer on the scored positions only (see the module docstring).
     """
 
     def __init__(self, pretrained, tokenizer=None, max_batch_tokens: int | None = None,
                  batch_size: int | str | None = None, max_length: int | None = None,
-                 device: str | None = None, **kwargs):
+                 device: str | None = None, gather_in_head: bool = True, **kwargs):
         if tokenizer is not None and not isinstance(tokenizer, str):
             check_tokenizer(tokenizer)
         if isinstance(batch_size, str) and batch_size.isdigit():
@@ -81,6 +87,8 @@ class QBenchLM(HFLM):
         params = inspect.signature(self.model.forward).parameters
         self._forward_kwargs = {"use_cache": False} if "use_cache" in params else {}
         self._takes_logits_to_keep = "logits_to_keep" in params
+        self._gather_in_head = gather_in_head and callable(getattr(self.model, "get_output_embeddings", None)) \
+            and self.model.get_output_embeddings() is not None
         self.stats = {"requests": 0, "forward_rows": 0, "forwards": 0, "padded_tokens": 0, "real_tokens": 0}
 
     # ------------------------------------------------------------------ info (no hub look-ups)
@@ -255,36 +263,65 @@ class QBenchLM(HFLM):
             self.stats["forward_rows"] += len(batch)
             self.stats["padded_tokens"] += len(batch) * T
             self.stats["real_tokens"] += sum(len(seqs[r]) for r in batch)
-            first = min(t_idx)
             idx = torch.from_numpy(np.array([b_idx, t_idx, tgt, who], dtype=np.int64))
             ids_t = torch.from_numpy(ids)
             if device.type == "cuda":
                 idx, ids_t = idx.pin_memory(), ids_t.pin_memory()
             idx = idx.to(device, non_blocking=True)
             ids_t = ids_t.to(device, non_blocking=True)
-            logits = self._forward(ids_t, T - first)        # [B, T', V], T' >= T - first
-            offset = T - logits.shape[1]
-            self._accumulate(logits, idx[0], idx[1] - offset, idx[2], idx[3], ll_out, miss_out)
+            logits = self._scored_logits(ids_t, idx[0], idx[1], min(t_idx))   # [N, V]
+            self._accumulate(logits, idx[2], idx[3], ll_out, miss_out)
             del logits
         ll = ll_out.cpu().tolist()
         miss = miss_out.cpu().tolist()
         return [(float(a), m == 0) for a, m in zip(ll, miss)]
 
-    def _forward(self, input_ids: torch.Tensor, keep: int) -> torch.Tensor:
-        kwargs = dict(self._forward_kwargs)
-        if self._takes_logits_to_keep and keep < input_ids.shape[1]:
-            kwargs["logits_to_keep"] = keep
+    def _scored_logits(self, input_ids: torch.Tensor, b_idx: torch.Tensor, t_idx: torch.Tensor,
+                       first: int) -> torch.Tensor:
+        """Logits [N, V] at positions (b_idx, t_idx) of the batch.
+
+        The output layer is run only on those positions: a forward pre-hook on
+        model.get_output_embeddings() hands it the gathered hidden states [1, N, H] (checked on the
+        output's shape; a model whose forward does not allow that falls back, once and for all, to
+        full logits, cut with logits_to_keep where the forward takes it)."""
+        n = b_idx.numel()
+        head = self.model.get_output_embeddings() if self._gather_in_head else None
+        if head is not None:
+            def gather(module, args, kwargs):
+                h = args[0]
+                if h.dim() != 3 or tuple(h.shape[:2]) != tuple(input_ids.shape):
+                    raise _NoGather
+                return (h[b_idx, t_idx].unsqueeze(0), *args[1:]), kwargs
+
+            handle = head.register_forward_pre_hook(gather, with_kwargs=True)
+            try:
+                logits = self._call(input_ids)
+            except _NoGather:
+                logits = None
+            finally:
+                handle.remove()
+            if logits is not None and tuple(logits.shape[:-1]) == (1, n):
+                return logits[0]
+            self._gather_in_head = False
+        kwargs = {}
+        T = input_ids.shape[1]
+        if self._takes_logits_to_keep and first > 0:
+            kwargs["logits_to_keep"] = T - first
+        logits = self._call(input_ids, **kwargs)
+        return logits[b_idx, t_idx - (T - logits.shape[1])]
+
+    def _call(self, input_ids: torch.Tensor, **extra) -> torch.Tensor:
         with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
                                              enabled=self.mixed_precision_dtype is not None):
-            out = self.model(input_ids, **kwargs)
+            out = self.model(input_ids, **self._forward_kwargs, **extra)
         return out.logits if hasattr(out, "logits") else out[0]
 
     @staticmethod
-    def _accumulate(logits, b_idx, t_idx, tgt, who, ll_out, miss_out, chunk: int = 8192) -> None:
-        """Float32 log-softmax at the scored positions only; per-request sums and greedy misses."""
-        for s in range(0, b_idx.numel(), chunk):
+    def _accumulate(logits, tgt, who, ll_out, miss_out, chunk: int = 8192) -> None:
+        """Float32 log-softmax of the scored positions' logits [N, V]; per-request sums and greedy misses."""
+        for s in range(0, logits.shape[0], chunk):
             sl = slice(s, s + chunk)
-            x = logits[b_idx[sl], t_idx[sl]].float()
+            x = logits[sl].float()
             lp = F.log_softmax(x, dim=-1)
             t = tgt[sl]
             tok = lp.gather(1, t[:, None]).squeeze(1)

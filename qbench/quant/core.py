@@ -169,10 +169,11 @@ def quantize(model: nn.Module, recipe: Recipe | str | Path, bits: int,
 
     extra.update(m.after(model, names, recipe, bits, calib) or {})
     errs = [r.weight_error for r in layer_reports]
+    selected = set(names)
     return QuantReport(
         recipe=recipe.name, method=recipe.method, bits=bits,
         layers_quantized=len(names), linear_layers_total=len(all_linear),
-        skipped=[n for n in all_linear if n not in set(names)],
+        skipped=[n for n in all_linear if n not in selected],
         bits_per_weight=bit_sum / numel, weight_error=math.sqrt(num / den) if den > 0 else math.inf,
         max_layer_error=max(errs), min_layer_error=min(errs), seconds=seconds,
         calib_shape=list(calib.shape) if calib is not None else None,

@@ -105,6 +105,9 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
     maxq = 2 ** bits - 1
     if gs is None:
         s_col, z_col = scale.flatten(), zero.flatten()
+    if groups is not None:
+        groups = [(s.flatten(), z.flatten()) for s, z in groups]
+        orig_col = perm.tolist() if perm is not None else list(range(cols))
     Q = torch.zeros_like(W)
     loss = 0.0
     for i1 in range(0, cols, block_size):
@@ -118,8 +121,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
             c = i1 + i
             if gs is not None:
                 if groups is not None:
-                    orig = int(perm[c]) if perm is not None else c
-                    s_col, z_col = (t.flatten() for t in groups[orig // gs])
+                    s_col, z_col = groups[orig_col[c] // gs]
                 elif c % gs == 0:
                     # the group's current values: rest of this block, then columns beyond it
                     cur = W1[:, i:i + gs]

@@ -100,7 +100,18 @@ def load_recipe(path_or_name: str | Path | Recipe) -> Recipe:
 
 
 def available_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if p.stem not in SWEEP_FILES)
+    """Names of the recipe files in recipes/ (sweep files, which have a `grid`, are skipped)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if not is_sweep_file(p))
+
+
+def is_sweep_file(path: Path) -> bool:
+    if path.stem in SWEEP_FILES:
+        return True
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return False
+    return isinstance(data, Mapping) and "grid" in data
 
 
 def parse_recipe(data: Any, source: str = "<dict>", expected_name: str | None = None) -> Recipe:

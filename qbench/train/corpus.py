@@ -92,31 +92,31 @@ def chunk(section: str, target: int = DOC_TARGET_CHARS, limit: int = DOC_MAX_CHA
     section = clean_document(section)
     if len(section) <= limit:
         return [section] if section else []
-    pieces = []
+    pieces = []  # (separator before the piece, piece): a paragraph, or a run of its lines
     for para in section.split("\n\n"):
-        if len(para) <= target:
-            pieces.append(para)
-        else:  # a long paragraph (a Bible chapter is one line per paragraph): cut at lines
-            lines, cur = para.split("\n"), []
-            for line in lines:
-                cur.append(line)
-                if sum(len(x) + 1 for x in cur) >= target:
-                    pieces.append("\n".join(cur))
-                    cur = []
-            if cur:
-                pieces.append("\n".join(cur))
-    docs, cur, size = [], [], 0
-    for piece in pieces:
-        cur.append(piece)
-        size += len(piece) + 2
-        if size >= target:
-            docs.append("\n\n".join(cur))
-            cur, size = [], 0
-    if cur:
-        if docs and size < target // 2:
-            docs[-1] += "\n\n" + "\n\n".join(cur)
+        sep, run, size = "\n\n", [], 0
+        for line in para.split("\n") if len(para) > target else [para]:
+            run.append(line)
+            size += len(line) + 1
+            if size >= target:
+                pieces.append((sep, "\n".join(run)))
+                sep, run, size = "\n", [], 0
+        if run:
+            pieces.append((sep, "\n".join(run)))
+    docs, cur, first_sep = [], "", ""
+    for sep, piece in pieces:
+        if cur:
+            cur += sep + piece
         else:
-            docs.append("\n\n".join(cur))
+            cur, first_sep = piece, sep
+        if len(cur) >= target:
+            docs.append(cur)
+            cur = ""
+    if cur:  # a short tail joins the document before it
+        if docs and len(cur) < target // 2:
+            docs[-1] += first_sep + cur
+        else:
+            docs.append(cur)
     return docs
 
 
@@ -610,7 +610,7 @@ def build_corpus(out_dir=CORPUS_DIR, sources: Iterable[Source] = SOURCES, downlo
                  heldout_fraction: float = HELDOUT_FRACTION) -> dict:
     """Fetch, extract and split every source; write the split files, licences and manifest
     into `out_dir`. Returns the manifest."""
-    out_dir, downloads = Path(out_dir), Path(downloads)
+    out_dir, downloads = _writable(out_dir), Path(downloads)
     sources = list(sources)
     texts, meta = [], []
     with tempfile.TemporaryDirectory(prefix="qbench-corpus-") as tmp:
@@ -635,14 +635,8 @@ def write_corpus(out_dir, texts: list[tuple[str, list[str]]], sources: list[dict
     """Split (source name, documents) lists by document id and write the corpus files.
     Exact duplicate documents are kept once (the first). `sources` holds one metadata dict
     per source, in the same order; a key `_license_text` is written to its `license_file`."""
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise CorpusError(f"cannot write the corpus to {out_dir}: {err}") from err
+    out_dir = _writable(out_dir)
+    sources = [dict(info) for info in sources]
     splits = {s: [] for s in SPLITS}
     seen, heldout_ids = set(), {s: [] for s in SPLITS[1:]}
     for (name, docs), info in zip(texts, sources):
@@ -691,6 +685,18 @@ def write_corpus(out_dir, texts: list[tuple[str, list[str]]], sources: list[dict
     }
     _write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     return manifest
+
+
+def _writable(out_dir) -> Path:
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise CorpusError(f"cannot write the corpus to {out_dir}: {err}") from err
+    return out_dir
 
 
 def _write_atomic(path: Path, text: str) -> None:

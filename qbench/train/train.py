@@ -382,6 +382,15 @@ def _git_commit() -> str | None:
     return None
 
 
+def _show_path(path) -> str:
+    """A path as the summary records it: relative to the repository when inside it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -549,7 +558,7 @@ def train_model(spec: RunSpec, inputs: Inputs | None = None):
     summary = {
         "status": "done",
         "command": spec.command,
-        "process_command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "process_command": shlex.join([Path(sys.executable).name, _show_path(sys.argv[0]), *sys.argv[1:]]),
         "preset": preset["name"],
         "preset_values": preset,
         "attention": spec.kind,
@@ -570,18 +579,21 @@ def train_model(spec: RunSpec, inputs: Inputs | None = None):
         "deterministic_algorithms": bool(cuda and spec.deterministic),
         "versions": _versions(),
         "git_commit": _git_commit(),
-        "token_file": {"path": str(inputs.tokens), "tokens": int(len(tokens)), "sha256": _file_sha256(inputs.tokens)},
-        "tokenizer": str(inputs.tokenizer),
+        "token_file": {"path": _show_path(inputs.tokens), "tokens": int(len(tokens)), "sha256": _file_sha256(inputs.tokens)},
+        "tokenizer": {"path": _show_path(inputs.tokenizer),
+                      "tokenizer_json_sha256": _file_sha256(Path(inputs.tokenizer) / "tokenizer.json")
+                      if (Path(inputs.tokenizer) / "tokenizer.json").is_file() else None},
         "init_hash": init_hash,
         "data_order_hash": order.hexdigest()[:16],
         "checkpoint": {"dtype": preset["save_dtype"],
                        "model_safetensors_bytes": (out / "model.safetensors").stat().st_size,
-                       "folder_bytes": sum(p.stat().st_size for p in out.iterdir() if p.is_file())},
+                       "checkpoint_bytes": sum(p.stat().st_size for p in out.iterdir()
+                                               if p.is_file() and p.name not in (LOG_FILE, SUMMARY_FILE))},
     }
     if windows is not None:
         ppl = evaluate_perplexity(model, windows, device, autocast=autocast)
         unigram = unigram_perplexity(tokens, windows[:, 1:], len(tokenizer))
-        summary["heldout"] = {"file": str(inputs.heldout), "windows": int(len(windows)), "context": context,
+        summary["heldout"] = {"file": _show_path(inputs.heldout), "windows": int(len(windows)), "context": context,
                               "predicted_tokens": int(windows[:, 1:].size),
                               "weights": f"as saved ({preset['save_dtype']})",
                               "perplexity": round(ppl, 4), "unigram_perplexity": round(unigram, 4),

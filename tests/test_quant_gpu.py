@@ -1,0 +1,85 @@
+"""qbench.quant on CUDA (skipped without it): every recipe at every width on a small bf16 model,
+and the time each method takes on a paper-size (340M-shaped) model.
+
+Run `python tests/test_quant_gpu.py` on a GPU machine to print a JSON timing table.
+"""
+import json
+import time
+
+import pytest
+import torch
+
+from qbench.model import new_model
+from qbench.quant import MethodUnavailable, available_recipes, load_recipe, quantize
+
+HAS_CUDA = torch.cuda.is_available()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")]
+
+SMALL = dict(hidden_size=256, num_hidden_layers=2, num_heads=4, num_kv_heads=4, vocab_size=512,
+             max_position_embeddings=512)
+PAPER_340M = dict(hidden_size=1024, num_hidden_layers=24, num_heads=16, vocab_size=32000,
+                  max_position_embeddings=4096)
+
+
+def _calib(recipe, vocab, samples=None, seq_len=None):
+    if recipe.calib is None:
+        return recipe, None
+    c = {"samples": samples or recipe.calib["samples"], "seq_len": seq_len or recipe.calib["seq_len"],
+         "seed": 0}
+    recipe = recipe.replace(calib=c)
+    g = torch.Generator().manual_seed(0)
+    return recipe, torch.randint(0, vocab, (c["samples"], c["seq_len"]), generator=g)
+
+
+def _run(config, name, bits, kind="softmax", samples=None, seq_len=None, dtype=torch.bfloat16):
+    model = new_model(kind, seed=0, **config).to("cuda", dtype)
+    recipe, calib = _calib(load_recipe(name), config["vocab_size"], samples, seq_len)
+    ids = torch.randint(0, config["vocab_size"], (2, 128), generator=torch.Generator().manual_seed(1)).cuda()
+    with torch.no_grad():
+        ref = model(ids).logits.float()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    report = quantize(model, recipe, bits, calib)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        out = model(ids).logits.float()
+    assert torch.isfinite(out).all()
+    return report, float((out - ref).norm() / ref.norm()), seconds
+
+
+CELLS = [(n, b) for n in available_recipes() for b in load_recipe(n).bits]
+
+
+@pytest.mark.parametrize("name,bits", CELLS, ids=[f"{n}-{b}bit" for n, b in CELLS])
+def test_every_recipe_on_cuda(name, bits):
+    try:
+        report, diff, _ = _run(SMALL, name, bits, samples=16, seq_len=128)
+    except MethodUnavailable as e:
+        pytest.skip(str(e))
+    assert diff > 1e-4 and report.layers_quantized == 14
+    assert all(lr.weight_error > 1e-6 for lr in report.layers)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,bits", [("rtn", 4), ("hqq", 4), ("gptq", 4), ("bnb", 4), ("bnb", 8),
+                                       ("quanto", 4), ("w4a8-rtn", 4), ("quanto-w8a8", 8)])
+def test_paper_size_model_quantizes_in_reasonable_time(name, bits):
+    """The shipped recipe (gptq and quanto-w8a8 with their full 128 x 512 calibration batch)."""
+    report, diff, seconds = _run(PAPER_340M, name, bits)
+    print(f"\n{name} {bits}-bit on a 340M-shaped model: {seconds:.1f}s, {report.summary()}, logit diff {diff:.3g}")
+    assert report.layers_quantized == 24 * 7
+    assert seconds < 600
+
+
+if __name__ == "__main__":
+    rows = []
+    for name, bits in [(n, b) for n in available_recipes() for b in load_recipe(n).bits]:
+        try:
+            report, diff, seconds = _run(PAPER_340M, name, bits)
+            rows.append({"recipe": name, "bits": bits, "seconds": round(seconds, 2), "logit_diff": diff,
+                         "weight_error": report.weight_error, "bits_per_weight": report.bits_per_weight})
+        except Exception as e:  # report, keep going
+            rows.append({"recipe": name, "bits": bits, "error": f"{type(e).__name__}: {e}"})
+        print(json.dumps(rows[-1]), flush=True)
+        torch.cuda.empty_cache()

@@ -36,7 +36,7 @@ def log(*a):
     print(*a, flush=True)
 
 
-def compile_report(head_dims=(64, 128), dtype="bf16", arch=90):
+def compile_report(head_dims=(32, 64, 128), dtype="bf16", arch=90):
     """Compile every kernel config for sm_90 without a GPU (Triton + its bundled ptxas) and
     report registers, spills (local memory), shared memory and whether the SASS uses HGMMA."""
     import re
@@ -87,13 +87,15 @@ def compile_report(head_dims=(64, 128), dtype="bf16", arch=90):
     rows = []
     jobs = []
     for d in head_dims:
+        dc = tsp._dclass(d)
+        tuned = d in (64, 128)  # head_dim 32 runs the 64 class: check its default configs only
         for store_res in (False, True):
-            for cfg in tsp.FWD_CONFIGS:
+            for cfg in tsp.FWD_CONFIGS[dc] if tuned else [tsp.DEFAULT_CONFIGS["fwd"][dc]]:
                 jobs.append(("fwd" + ("+res" if store_res else ""), tsp._fwd_kernel, d, cfg,
                              {"HEAD_DIM": d, "STORE_RES": store_res, "BLOCK_M": cfg[0], "BLOCK_N": cfg[1]}))
-        for cfg in tsp.DKDV_CONFIGS:
+        for cfg in tsp.DKDV_CONFIGS[dc] if tuned else [tsp.DEFAULT_CONFIGS["dkdv"][dc]]:
             jobs.append(("dkdv", tsp._bwd_dkdv_kernel, d, cfg, {"HEAD_DIM": d, "BLOCK_M": cfg[0], "BLOCK_N": cfg[1]}))
-        for cfg in tsp.DQ_CONFIGS:
+        for cfg in tsp.DQ_CONFIGS[dc] if tuned else [tsp.DEFAULT_CONFIGS["dq"][dc]]:
             jobs.append(("dq", tsp._bwd_dq_kernel, d, cfg, {"HEAD_DIM": d, "BLOCK_M": cfg[0], "BLOCK_N": cfg[1]}))
     for name, fn, d, cfg, consts in jobs:
         t0 = time.time()

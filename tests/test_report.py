@@ -145,7 +145,7 @@ def test_without_manifest_grid_comes_from_cells(results):
 def test_cli_table_and_plot(results, tmp_path, capsys):
     assert main(["table", str(results)]) == 0
     out = capsys.readouterr().out
-    assert "softpick 2:0" in out and "cells: 5 done, 1 failed, 1 missing" in out
+    assert "softpick 2:0" in out and "cells: 6 done, 1 failed, 1 missing" in out
     assert main(["plot", str(results)]) == 0
     pngs = sorted(p.name for p in (results / "plots").glob("*.png"))
     assert pngs == sorted(["metrics_vs_bits.png", "qb_arc_easy_acc.png", "qb_arc_easy_acc_norm.png",

@@ -167,6 +167,22 @@ def test_pair_as_two_processes(corpus, tmp_path):
         assert len(read_log(tmp_path / "pair" / kind)) == 3
 
 
+def test_pair_failure_stops_the_other_process(corpus, tmp_path, monkeypatch):
+    import sys
+    import time
+
+    def fake_argv(spec, inputs, kind, out):
+        if kind == "softmax":
+            return [sys.executable, "-c", "import time; time.sleep(120)"]
+        return [sys.executable, "-c", "import sys; print('the kernel exploded'); sys.exit(3)"]
+
+    monkeypatch.setattr(T, "_child_argv", fake_argv)
+    started = time.time()
+    with pytest.raises(T.TrainError, match="(?s)training failed for softpick.*the kernel exploded"):
+        T.train_pair(spec(corpus, tmp_path / "pair", "pair", evaluate=False), concurrent=True)
+    assert time.time() - started < 60
+
+
 def test_cuda_determinism_settings(monkeypatch):
     """What a CUDA run asks of torch (set here without a GPU, then put back)."""
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
@@ -244,6 +260,28 @@ def test_small_preset_size(tokenizer):
     assert 35e6 < sum(p.numel() for p in model.parameters()) < 36.5e6
 
 
+def test_token_cache_follows_corpus_and_tokenizer(corpus, tmp_path):
+    import shutil
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    shutil.copy(corpus / "train.txt", root / "train.txt")
+    shutil.copytree(corpus / "tokenizer", root / "tokenizer")
+    cache = T.default_token_file(root)
+    assert cache == root / T.TOKEN_CACHE and T._read_sidecar(cache)["tokens"] == len(T.load_tokens(cache))
+    stamp = cache.stat().st_mtime_ns
+    assert T.default_token_file(root) == cache and cache.stat().st_mtime_ns == stamp  # cached
+    with open(root / "train.txt", "a") as f:
+        f.write(DOC_LINE.lstrip("\n") + "One more document, to change the corpus.\n")
+    before = len(T.load_tokens(cache))
+    assert len(T.load_tokens(T.default_token_file(root))) > before  # encoded again
+    # a token file encoded with another tokenizer is refused
+    make_tokenizer(280).save_pretrained(tmp_path / "other_tok")
+    with pytest.raises(T.TrainError, match="another tokenizer"):
+        T.resolve_inputs(T.RunSpec(preset="debug", kind="softmax", out=str(tmp_path / "o"), tokens=str(cache),
+                                   tokenizer=str(tmp_path / "other_tok"), evaluate=False))
+
+
 def test_unknown_preset(corpus, tmp_path):
     with pytest.raises(T.TrainError, match="unknown preset 'huge'; valid presets: debug, tiny, small"):
         T.train_one(spec(corpus, tmp_path / "x", preset="huge"))
@@ -289,18 +327,19 @@ def test_train_command_registers():
 
 def test_attention_inputs_share_dtype_under_autocast(monkeypatch):
     """Training on CUDA runs under bf16 autocast, and the Triton softpick kernel needs q, k, v of
-    one dtype: the attention call must not receive fp32 q, k (RoPE in fp32) next to a bf16 v."""
-    import qbench.model.modeling as modeling
+    one dtype: RoPE must not leave fp32 q, k next to a bf16 v when softpick attention runs. (On
+    the CPU the reference stands where the kernel runs on CUDA; the same arguments reach both.)"""
+    import qbench.attention as attention
     from qbench.model import new_model
 
     seen = []
-    real = modeling.attend
+    real = attention.softpick_reference
 
     def spy(q, k, v, *args, **kwargs):
         seen.append((q.dtype, k.dtype, v.dtype))
         return real(q, k, v, *args, **kwargs)
 
-    monkeypatch.setattr(modeling, "attend", spy)
+    monkeypatch.setattr(attention, "softpick_reference", spy)
     model = new_model("softpick", 0, hidden_size=64, num_hidden_layers=1, num_heads=2, vocab_size=300)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(torch.randint(0, 300, (1, 8)))

@@ -304,10 +304,10 @@ def test_gpu_every_config(d):
 
     case = dict(name=f"configs-d{d}", b=2, h=16, hkv=16, t=1111, d=d, dtype=torch.bfloat16, seed=7 + d,
                 lens=[1111, 600], neg_rows=(2, 700))
-    n = max(len(tsp.FWD_CONFIGS), len(tsp.DKDV_CONFIGS), len(tsp.DQ_CONFIGS))
-    for i in range(n):
-        fwd = tsp.FWD_CONFIGS[i % len(tsp.FWD_CONFIGS)]
-        bwd = {"dkdv": tsp.DKDV_CONFIGS[i % len(tsp.DKDV_CONFIGS)], "dq": tsp.DQ_CONFIGS[i % len(tsp.DQ_CONFIGS)]}
+    fwds, dkdvs, dqs = tsp.FWD_CONFIGS[d], tsp.DKDV_CONFIGS[d], tsp.DQ_CONFIGS[d]
+    for i in range(max(len(fwds), len(dkdvs), len(dqs))):
+        fwd = fwds[i % len(fwds)]
+        bwd = {"dkdv": dkdvs[i % len(dkdvs)], "dq": dqs[i % len(dqs)]}
         res = run_case(case, "cuda", fwd, bwd)
         print(f"\n{fwd} {bwd}: out {res['out']:.2e} dq {res['dq']:.2e} dk {res['dk']:.2e} dv {res['dv']:.2e}")
         assert res["finite"] and res.get("zero_rows", True), res

@@ -168,39 +168,27 @@ if triton is not None:
 
     @triton.jit
     def _dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, delta_base, stride_qt, stride_dot,
-                    lo, hi, offs_n, offs_d, T, qk_scale,
-                    CAUSAL: tl.constexpr, ROW_MASK: tl.constexpr, BLOCK_M: tl.constexpr):
+                    lo, hi, offs_n, offs_d, T, qk_scale, BLOCK_M: tl.constexpr):
         """One key block against query blocks [lo, hi), computed transposed ([BLOCK_N, BLOCK_M]).
-        CAUSAL: apply j <= i; ROW_MASK: query rows may run past T (loaded as zeros)."""
+        One loop with the causal mask on every block: k and v are matrix-unit A operands held in
+        registers, and each further loop kept its own copy of them (two or three loops spilled
+        hundreds of bytes at head_dim 128, one loop none; see benchmarks/attention_notes.md)."""
         offs_m0 = tl.arange(0, BLOCK_M)
         for start_m in range(lo, hi, BLOCK_M):
             start_m = tl.multiple_of(start_m, BLOCK_M)
             rows = start_m + offs_m0
-            qt_ptrs = q_base + rows[None, :] * stride_qt + offs_d[:, None]
-            do_ptrs = do_base + rows[:, None] * stride_dot + offs_d[None, :]
-            if ROW_MASK:
-                ok = rows < T
-                qt = tl.load(qt_ptrs, mask=ok[None, :], other=0.0)
-                lr = tl.load(l_base + rows, mask=ok, other=0.0)
-            else:
-                qt = tl.load(qt_ptrs)
-                lr = tl.load(l_base + rows)
-            qkt = tl.dot(k, qt)                               # [BLOCK_N, BLOCK_M]
-            if CAUSAL:
-                x = tl.where(rows[None, :] >= offs_n[:, None], qkt * qk_scale, 0.0)
-                e = tl.exp2(x - lr[None, :])
-            else:
-                e = tl.exp2(qkt * qk_scale - lr[None, :])
+            ok = rows < T                                       # rows past T load as zeros
+            qt = tl.load(q_base + rows[None, :] * stride_qt + offs_d[:, None], mask=ok[None, :], other=0.0)
+            lr = tl.load(l_base + rows, mask=ok, other=0.0)
+            qkt = tl.dot(k, qt)                                 # [BLOCK_N, BLOCK_M]
+            x = tl.where(rows[None, :] >= offs_n[:, None], qkt * qk_scale, 0.0)
+            e = tl.exp2(x - lr[None, :])
             a = e - tl.exp2(-lr)[None, :]
-            if ROW_MASK:
-                do = tl.load(do_ptrs, mask=ok[:, None], other=0.0)
-                dl = tl.load(delta_base + rows, mask=ok, other=0.0)
-            else:
-                do = tl.load(do_ptrs)
-                dl = tl.load(delta_base + rows)
+            do = tl.load(do_base + rows[:, None] * stride_dot + offs_d[None, :], mask=ok[:, None], other=0.0)
+            dl = tl.load(delta_base + rows, mask=ok, other=0.0)
             pt = tl.maximum(a, 0.0)
             dv = tl.dot(pt.to(do.dtype), do, dv)
-            dpt = tl.dot(v, tl.trans(do))                     # [BLOCK_N, BLOCK_M]
+            dpt = tl.dot(v, tl.trans(do))                       # [BLOCK_N, BLOCK_M]
             t = tl.where(a > 0.0, dpt - dl[None, :], tl.where(a < 0.0, dl[None, :], 0.0))
             dst = e * t
             dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk)
@@ -229,24 +217,11 @@ if triton is not None:
                         mask=kmask, other=0.0)
             v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svt + offs_d[None, :],
                         mask=kmask, other=0.0)
-            diag_hi = start_n + BLOCK_N                        # query rows of the diagonal
-            n_full = tl.maximum(T - diag_hi, 0) // BLOCK_M
-            full_hi = diag_hi + n_full * BLOCK_M
             for g in range(0, G):
                 h = hk * G + g
-                q_base = Q + b * sqb + h * sqh
-                do_base = DO + b * sdb + h * sdh
-                l_base = L + (b * H + h) * T
-                delta_base = DELTA + (b * H + h) * T
-                dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, delta_base, sqt, sdt,
-                                     start_n, diag_hi, offs_n, offs_d, T, qk_scale,
-                                     True, True, BLOCK_M)
-                dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, delta_base, sqt, sdt,
-                                     diag_hi, full_hi, offs_n, offs_d, T, qk_scale,
-                                     False, False, BLOCK_M)
-                dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, delta_base, sqt, sdt,
-                                     full_hi, T, offs_n, offs_d, T, qk_scale,
-                                     False, True, BLOCK_M)
+                dk, dv = _dkdv_inner(dk, dv, k, v, Q + b * sqb + h * sqh, DO + b * sdb + h * sdh,
+                                     L + (b * H + h) * T, DELTA + (b * H + h) * T, sqt, sdt,
+                                     start_n, T, offs_n, offs_d, T, qk_scale, BLOCK_M)
         ok = offs_n[:, None] < T
         tl.store(DK + b * sdkb + hk * sdkh + offs_n[:, None] * sdkt + offs_d[None, :],
                  (dk * sm_scale).to(DK.dtype.element_ty), mask=ok)
@@ -321,14 +296,34 @@ if triton is not None:
 
 
 # ------------------------------------------------------------------ configs
-# (BLOCK_M, BLOCK_N, num_warps, num_stages). Forward and dq: BLOCK_M % BLOCK_N == 0 (the
-# diagonal is covered by whole key blocks); dkdv: BLOCK_N % BLOCK_M == 0.
-FWD_CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 4), (128, 32, 4, 4)]
-DKDV_CONFIGS = [(32, 128, 8, 3), (64, 128, 8, 3), (32, 128, 4, 4), (32, 64, 4, 3), (64, 64, 4, 3)]
-DQ_CONFIGS = [(128, 32, 8, 3), (128, 64, 8, 3), (128, 32, 4, 4), (64, 32, 4, 3), (64, 64, 4, 3)]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per head-dim class (64: head_dim <= 64; 128).
+# Forward and dq: BLOCK_M % BLOCK_N == 0 (the diagonal is covered by whole key blocks);
+# dkdv: BLOCK_N % BLOCK_M == 0. Every listed config compiles for sm_90 without register spills
+# (bf16; `python benchmarks/attention.py --compile-only` prints registers, spills, shared memory).
+FWD_CONFIGS = {
+    64: [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (128, 32, 4, 4)],
+    128: [(128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (64, 64, 4, 3), (128, 64, 8, 2)],
+}
+DKDV_CONFIGS = {
+    64: [(32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 8, 3), (16, 128, 8, 3)],
+    128: [(32, 128, 8, 2), (32, 128, 8, 3), (32, 64, 8, 3), (16, 128, 8, 3), (16, 64, 4, 3)],
+}
+DQ_CONFIGS = {
+    64: [(128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2)],
+    128: [(128, 32, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3)],
+}
+CONFIGS = {"fwd": FWD_CONFIGS, "dkdv": DKDV_CONFIGS, "dq": DQ_CONFIGS}
 # used when autotuning is off (QBENCH_SOFTPICK_AUTOTUNE=0, the interpreter) and no config is given
-DEFAULT_CONFIGS = {"fwd": (128, 64, 8, 3), "dkdv": (32, 64, 4, 3), "dq": (64, 32, 4, 3)}
+DEFAULT_CONFIGS = {
+    "fwd": {64: (128, 64, 8, 3), 128: (128, 64, 8, 3)},
+    "dkdv": {64: (32, 128, 8, 3), 128: (32, 128, 8, 2)},
+    "dq": {64: (128, 32, 8, 3), 128: (128, 32, 8, 3)},
+}
 PREPROCESS_BLOCK = 64
+
+
+def _dclass(head_dim: int) -> int:
+    return 64 if head_dim <= 64 else 128
 
 
 def _autotune_enabled() -> bool:
@@ -338,36 +333,39 @@ def _autotune_enabled() -> bool:
 _TUNED = {}
 
 
-def _tuned(name):
-    """The autotuned wrapper of kernel `name` (built once). Keyed on a power-of-2 bucket of T,
-    not T itself, so that every new length of an evaluation batch does not re-tune."""
-    if name not in _TUNED:
-        kernel, configs, key = {
-            "fwd": (_fwd_kernel, FWD_CONFIGS, ["T_BUCKET", "HEAD_DIM", "STORE_RES"]),
-            "dkdv": (_bwd_dkdv_kernel, DKDV_CONFIGS, ["T_BUCKET", "HEAD_DIM"]),
-            "dq": (_bwd_dq_kernel, DQ_CONFIGS, ["T_BUCKET", "HEAD_DIM"]),
+def _tuned(name, dclass):
+    """The autotuned wrapper of kernel `name` for a head-dim class (built once). Keyed on a
+    power-of-2 bucket of T, not T itself, so that each new length of an evaluation batch does
+    not re-tune."""
+    if (name, dclass) not in _TUNED:
+        kernel, key = {
+            "fwd": (_fwd_kernel, ["T_BUCKET", "HEAD_DIM", "STORE_RES"]),
+            "dkdv": (_bwd_dkdv_kernel, ["T_BUCKET", "HEAD_DIM"]),
+            "dq": (_bwd_dq_kernel, ["T_BUCKET", "HEAD_DIM"]),
         }[name]
         cfgs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-                for bm, bn, w, s in configs]
-        _TUNED[name] = triton.autotune(configs=cfgs, key=key)(kernel)
-    return _TUNED[name]
+                for bm, bn, w, s in CONFIGS[name][dclass]]
+        _TUNED[(name, dclass)] = triton.autotune(configs=cfgs, key=key)(kernel)
+    return _TUNED[(name, dclass)]
 
 
 def best_configs() -> dict:
-    """What the autotuner chose so far: {kernel: {key: config string}} (for the benchmark notes)."""
-    return {name: {str(k): str(c) for k, c in tuned.cache.items()} for name, tuned in _TUNED.items()}
+    """What the autotuner chose so far: {kernel: {key: config}} (for the benchmark report)."""
+    return {name: {str(k): str(c) for k, c in tuned.cache.items()} for (name, _), tuned in _TUNED.items()}
 
 
-def _launch(name, kernel, n_rows, n_bh, args, config, **constexprs):
+def _launch(name, kernel, n_rows, n_bh, args, config, head_dim, **constexprs):
     """Run `kernel` with a fixed config, or its autotuned wrapper when config is None.
     The grid is (blocks over the rows the kernel's programs own, B * heads)."""
     block = "BLOCK_N" if name == "dkdv" else "BLOCK_M"
     if config is None and _autotune_enabled():
-        _tuned(name)[lambda meta: (triton.cdiv(n_rows, meta[block]), n_bh)](*args, **constexprs)
+        _tuned(name, _dclass(head_dim))[lambda meta: (triton.cdiv(n_rows, meta[block]), n_bh)](
+            *args, HEAD_DIM=head_dim, **constexprs)
         return
-    bm, bn, w, s = config if config is not None else DEFAULT_CONFIGS[name]
+    bm, bn, w, s = config if config is not None else DEFAULT_CONFIGS[name][_dclass(head_dim)]
     blocks = triton.cdiv(n_rows, bn if name == "dkdv" else bm)
-    kernel[(blocks, n_bh)](*args, **constexprs, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+    kernel[(blocks, n_bh)](*args, HEAD_DIM=head_dim, **constexprs, BLOCK_M=bm, BLOCK_N=bn,
+                           num_warps=w, num_stages=s)
 
 
 def _bucket(t: int) -> int:
@@ -442,7 +440,7 @@ def softpick_forward(q, k, v, seq_lens=None, eps=SOFTPICK_EPS, scale=None, out=N
     args = (q, k, v, o, res if res is not None else o, lse, lens,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
             h, h // hkv, t, _bucket(t), sm_scale * LOG2E, float(eps))
-    _launch("fwd", _fwd_kernel, t, b * h, args, config, HEAD_DIM=d, STORE_RES=res is not None)
+    _launch("fwd", _fwd_kernel, t, b * h, args, config, d, STORE_RES=res is not None)
     return o, lse, res
 
 
@@ -472,10 +470,10 @@ def softpick_backward(q, k, v, o, lse, do, seq_lens=None, scale=None, residual=N
     common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
     args = (q, k, v, do, lse, delta, dk, dv, lens, *common, *dk.stride()[:3], *dv.stride()[:3],
             h, hkv, h // hkv, t, _bucket(t), sm_scale, sm_scale * LOG2E)
-    _launch("dkdv", _bwd_dkdv_kernel, t, b * hkv, args, configs.get("dkdv"), HEAD_DIM=d)
+    _launch("dkdv", _bwd_dkdv_kernel, t, b * hkv, args, configs.get("dkdv"), d)
     args = (q, k, v, do, lse, delta, dq, lens, *common, *dq.stride()[:3],
             h, h // hkv, t, _bucket(t), sm_scale, sm_scale * LOG2E)
-    _launch("dq", _bwd_dq_kernel, t, b * h, args, configs.get("dq"), HEAD_DIM=d)
+    _launch("dq", _bwd_dq_kernel, t, b * h, args, configs.get("dq"), d)
     return dq, dk, dv
 
 

@@ -15,8 +15,8 @@ how the token requests are run:
   budget (rows x padded length <= max_batch_tokens), no attention mask (as HFLM);
 * the output layer runs only on the scored (continuation) positions: a forward pre-hook on
   `model.get_output_embeddings()` gathers their hidden states (fallback: full logits, cut with
-  `logits_to_keep` where the forward takes it); log-softmax is taken in float32 on those rows
-  only, and the sums / greedy checks are vectorized on the device, with one transfer at the end;
+  `logits_to_keep` where the forward takes it); log-probabilities (logit - logsumexp) are taken in float32
+  on those rows only, and the sums / greedy checks are vectorized on the device, with one transfer at the end;
 * loglikelihood_rolling uses lm-eval's own window functions (get_rolling_token_windows +
   make_disjoint_window, context_len 1, the model's max_length) and scores all windows of all
   documents in one pass of the packer.
@@ -28,7 +28,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lm_eval import utils as lm_utils
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
@@ -171,7 +170,7 @@ class QBenchLM(HFLM):
                 token_list=tokens, prefix_token=self.prefix_token_id, max_seq_len=self.max_length, context_len=1)]
             windows.extend((None, a, b) for a, b in ws)
             counts.append(len(ws))
-        scores = self._score(windows)
+        scores = self._score(windows, greedy=False)   # HFLM discards the greedy flags of windows
         out, pos = [], 0
         for string, n in zip(strings, counts):
             total = sum(s[0] for s in scores[pos:pos + n])
@@ -190,8 +189,9 @@ class QBenchLM(HFLM):
         return res
 
     # ------------------------------------------------------------------ the scorer
-    def _score(self, requests) -> list[tuple[float, bool]]:
-        """[(key, context_enc, continuation_enc)] -> [(sum logprob of continuation, is greedy)]."""
+    def _score(self, requests, greedy: bool = True) -> list[tuple[float, bool]]:
+        """[(key, context_enc, continuation_enc)] -> [(sum logprob of continuation, is greedy)]
+        (greedy=False: the greedy flags are not computed and come back False)."""
         n = len(requests)
         if n == 0:
             return []
@@ -270,11 +270,11 @@ class QBenchLM(HFLM):
             idx = idx.to(device, non_blocking=True)
             ids_t = ids_t.to(device, non_blocking=True)
             logits = self._scored_logits(ids_t, idx[0], idx[1], min(t_idx))   # [N, V]
-            self._accumulate(logits, idx[2], idx[3], ll_out, miss_out)
+            self._accumulate(logits, idx[2], idx[3], ll_out, miss_out, greedy)
             del logits
         ll = ll_out.cpu().tolist()
         miss = miss_out.cpu().tolist()
-        return [(float(a), m == 0) for a, m in zip(ll, miss)]
+        return [(float(a), greedy and m == 0) for a, m in zip(ll, miss)]
 
     def _scored_logits(self, input_ids: torch.Tensor, b_idx: torch.Tensor, t_idx: torch.Tensor,
                        first: int) -> torch.Tensor:
@@ -317,16 +317,17 @@ class QBenchLM(HFLM):
         return out.logits if hasattr(out, "logits") else out[0]
 
     @staticmethod
-    def _accumulate(logits, tgt, who, ll_out, miss_out, chunk: int = 8192) -> None:
-        """Float32 log-softmax of the scored positions' logits [N, V]; per-request sums and greedy misses."""
+    def _accumulate(logits, tgt, who, ll_out, miss_out, greedy: bool = True, chunk: int = 8192) -> None:
+        """log p(target) = logit[target] - logsumexp(logits), in float32, for the scored positions'
+        logits [N, V]; per-request sums (float64) and greedy misses (argmax != target)."""
         for s in range(0, logits.shape[0], chunk):
             sl = slice(s, s + chunk)
             x = logits[sl].float()
-            lp = F.log_softmax(x, dim=-1)
             t = tgt[sl]
-            tok = lp.gather(1, t[:, None]).squeeze(1)
+            tok = x.gather(1, t[:, None]).squeeze(1) - torch.logsumexp(x, dim=-1)
             ll_out.index_add_(0, who[sl], tok.double())
-            miss_out.index_add_(0, who[sl], (lp.argmax(dim=-1) != t).long())
+            if greedy:
+                miss_out.index_add_(0, who[sl], (x.argmax(dim=-1) != t).long())
 
 
 def estimate_flops_tokens(stats: dict) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Field, Method, MethodUnavailable, QuantError, RecipeError, register, storage_bits
+from .base import Field, Method, MethodUnavailable, QuantError, register, storage_bits
 
 CODE_VERSION = "1"
 _TOKENS_PER_BATCH = 16384

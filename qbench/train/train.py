@@ -84,29 +84,55 @@ def default_heldout(corpus_dir: Path | None = None) -> Path:
 
 
 def default_token_file(corpus_dir: Path | None = None, tokenizer_dir: Path | None = None) -> Path:
-    """corpus_dir/train.tokens.u16, encoded from train.txt on first use (and again when train.txt
-    or the tokenizer is newer than it). Written atomically: concurrent runs never see half a file."""
+    """corpus_dir/train.tokens.u16, encoded from train.txt on first use, and again whenever
+    train.txt or tokenizer.json differ from those it was encoded from (recorded, by sha256, in the
+    sidecar train.tokens.u16.json). Written atomically: concurrent runs never see half a file."""
     corpus_dir = Path(corpus_dir or CORPUS_DIR)
     tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else default_tokenizer_dir(corpus_dir)
     train_txt = corpus_dir / "train.txt"
     if not train_txt.is_file():
         raise corpus_missing(train_txt)
-    if not tokenizer_dir.is_dir():
-        raise corpus_missing(tokenizer_dir)
+    if not (tokenizer_dir / "tokenizer.json").is_file():
+        raise corpus_missing(tokenizer_dir / "tokenizer.json")
     cache = corpus_dir / TOKEN_CACHE
-    sources = [train_txt, *(p for p in tokenizer_dir.iterdir() if p.is_file())]
-    if cache.is_file() and cache.stat().st_mtime >= max(p.stat().st_mtime for p in sources):
-        return cache
+    made_from = {"train_txt_sha256": _file_sha256(train_txt),
+                 "tokenizer_json_sha256": _file_sha256(tokenizer_dir / "tokenizer.json")}
+    if cache.is_file() and _read_sidecar(cache) is not None:
+        if {k: _read_sidecar(cache).get(k) for k in made_from} == made_from:
+            return cache
     from .tokenizer import encode_corpus
 
     tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
-    print(f"qbench train: encoding {train_txt} -> {cache} (once)", file=sys.stderr)
+    print(f"qbench train: encoding {train_txt} -> {cache} (once per corpus and tokenizer)", file=sys.stderr)
     try:
-        encode_corpus(corpus_dir, tokenizer_dir, tmp)
+        ids = encode_corpus(corpus_dir, tokenizer_dir, tmp)
         os.replace(tmp, cache)
+        _write_json(_sidecar(cache), {**made_from, "tokens": int(len(ids)),
+                                      "layout": "<s> doc </s> per document of train.txt, uint16, numpy.save"})
     finally:
         tmp.unlink(missing_ok=True)
     return cache
+
+
+def _sidecar(token_file: Path) -> Path:
+    return Path(token_file).with_name(Path(token_file).name + ".json")
+
+
+def _read_sidecar(token_file: Path) -> dict | None:
+    try:
+        return json.loads(_sidecar(token_file).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_token_file(token_file: Path, tokenizer_dir: Path) -> None:
+    """Refuse a token file whose sidecar says it was encoded with another tokenizer."""
+    made_from = _read_sidecar(token_file)
+    tokenizer_json = Path(tokenizer_dir) / "tokenizer.json"
+    if made_from and made_from.get("tokenizer_json_sha256") and tokenizer_json.is_file():
+        if made_from["tokenizer_json_sha256"] != _file_sha256(tokenizer_json):
+            raise TrainError(f"token file {token_file} was encoded with another tokenizer than {tokenizer_dir} "
+                             f"(see {_sidecar(token_file)}); encode it again (delete it and run without --tokens)")
 
 
 def prepare_out_dir(out: Path, overwrite: bool) -> Path:
@@ -416,6 +442,7 @@ def resolve_inputs(spec: RunSpec) -> Inputs:
             raise TrainError(f"token file {tokens} not found")
         if not tokenizer_dir.is_dir():
             raise corpus_missing(tokenizer_dir)
+        check_token_file(tokens, tokenizer_dir)
     else:
         tokens = default_token_file(None, tokenizer_dir)
     heldout = None
@@ -579,7 +606,8 @@ def train_model(spec: RunSpec, inputs: Inputs | None = None):
         "deterministic_algorithms": bool(cuda and spec.deterministic),
         "versions": _versions(),
         "git_commit": _git_commit(),
-        "token_file": {"path": _show_path(inputs.tokens), "tokens": int(len(tokens)), "sha256": _file_sha256(inputs.tokens)},
+        "token_file": {"path": _show_path(inputs.tokens), "tokens": int(len(tokens)),
+                       "sha256": _file_sha256(inputs.tokens), "made_from": _read_sidecar(inputs.tokens)},
         "tokenizer": {"path": _show_path(inputs.tokenizer),
                       "tokenizer_json_sha256": _file_sha256(Path(inputs.tokenizer) / "tokenizer.json")
                       if (Path(inputs.tokenizer) / "tokenizer.json").is_file() else None},
@@ -635,6 +663,7 @@ def train_pair(spec: RunSpec, concurrent: bool | None = None) -> dict:
         "preset": spec.preset,
         "seed": spec.seed,
         "concurrent_processes": concurrent,
+        "device": summaries["softmax"].get("device"),
         "wall_seconds": round(time.time() - started, 2),
         "same_init": summaries["softmax"]["init_hash"] == summaries["softpick"]["init_hash"],
         "same_data_order": summaries["softmax"]["data_order_hash"] == summaries["softpick"]["data_order_hash"],
@@ -660,14 +689,15 @@ def _with(spec: RunSpec, **changes) -> RunSpec:
 
 
 def _child_argv(spec: RunSpec, inputs: Inputs, kind: str, out: Path) -> list[str]:
+    # absolute paths: the children run in the repository root, wherever the parent was started
     argv = [sys.executable, "-m", "qbench.train.train", "--preset", spec.preset, "--attention", kind,
-            "--out", str(out), "--seed", str(spec.seed), "--tokens", str(inputs.tokens),
-            "--tokenizer", str(inputs.tokenizer), "--device", spec.device, "--log-every", str(spec.log_every),
-            "--no-progress", "--recorded-command", spec.command]
+            "--out", str(Path(out).resolve()), "--seed", str(spec.seed), "--tokens", str(Path(inputs.tokens).resolve()),
+            "--tokenizer", str(Path(inputs.tokenizer).resolve()), "--device", spec.device,
+            "--log-every", str(spec.log_every), "--no-progress", "--recorded-command", spec.command]
     for flag, value in (("--steps", spec.steps), ("--batch-size", spec.batch_size)):
         if value is not None:
             argv += [flag, str(value)]
-    argv += ["--heldout", str(inputs.heldout)] if inputs.heldout else ["--no-eval"]
+    argv += ["--heldout", str(Path(inputs.heldout).resolve())] if inputs.heldout else ["--no-eval"]
     argv += ["--compile"] if spec.compile else []
     argv += [] if spec.deterministic else ["--no-deterministic"]
     argv += ["--overwrite"] if spec.overwrite else []
@@ -694,6 +724,12 @@ def _run_children(spec: RunSpec, inputs: Inputs, root: Path) -> dict:
             time.sleep(2.0)
             for kind in KINDS:
                 _update_bar(bars[kind], root / kind / LOG_FILE)
+            if any(p.returncode for p in procs.values()):  # one failed: the pair is lost, stop the other
+                for p in procs.values():
+                    if p.poll() is None:
+                        p.terminate()
+                for p in procs.values():
+                    p.wait()
     except KeyboardInterrupt:
         for p in procs.values():
             p.terminate()
@@ -705,6 +741,7 @@ def _run_children(spec: RunSpec, inputs: Inputs, root: Path) -> dict:
             logs[kind].close()
     failed = {kind: p.returncode for kind, p in procs.items() if p.returncode}
     if failed:
+        failed = {kind: rc for kind, rc in failed.items() if rc != -15} or failed  # not the one we stopped
         tails = "\n".join(f"--- {kind} (exit {rc}), end of {root / f'{kind}.log'}:\n"
                           + "\n".join((root / f"{kind}.log").read_text().splitlines()[-15:])
                           for kind, rc in failed.items())
@@ -753,6 +790,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sequential", action="store_true",
                         help="with --pair on CUDA, train the two one after the other (default: two processes at once)")
     parser.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in the output folder")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="check the inputs, encode the corpus if needed, print what a run would use, and stop")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--log-every", type=int, default=10,
                         help="read the loss back from the device every N steps (every step is logged)")
@@ -771,6 +810,9 @@ def spec_from_args(args) -> RunSpec:
 def cmd_train(args) -> int:
     try:
         spec = spec_from_args(args)
+        if args.prepare_only:
+            print(format_prepared(spec, resolve_inputs(spec)))
+            return 0
         if args.pair:
             pair = train_pair(spec, concurrent=False if args.sequential else None)
             print(format_pair(pair))
@@ -781,6 +823,22 @@ def cmd_train(args) -> int:
         print(f"qbench: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def format_prepared(spec: RunSpec, inputs: Inputs) -> str:
+    preset = resolve_preset(spec.preset, spec.steps, spec.batch_size)
+    n_tokens = len(load_tokens(inputs.tokens))
+    seen = preset["steps"] * preset["batch_size"] * preset["context"]
+    lines = [f"preset {preset['name']}: {preset['steps']} steps x {preset['batch_size']} x {preset['context']} "
+             f"= {seen / 1e6:.1f}M tokens seen ({seen / max(n_tokens, 1):.1f} passes over the token file)"]
+    for label, path in (("tokens", inputs.tokens), ("sidecar", _sidecar(inputs.tokens)),
+                        ("tokenizer", inputs.tokenizer), ("held-out", inputs.heldout)):
+        if path is not None and Path(path).exists():
+            size = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() \
+                else Path(path).stat().st_size
+            lines.append(f"  {label:9s} {_show_path(path)} ({size / 1e6:.2f} MB)")
+    lines.append(f"  {n_tokens:,} training tokens")
+    return "\n".join(lines)
 
 
 def format_summary(summary: dict, out) -> str:

@@ -235,10 +235,11 @@ def memory_sweep(softpick_attention, ts, dtype):
         row = {"T": t}
         for name in ("ours", "sdpa_flash"):
             try:
-                q, k, v, do = (torch.randn(1, 16, t, 128, device="cuda", dtype=dtype) for _ in range(4))
-                q, k, v = (x.requires_grad_() for x in (q, k, v))
+                tensors = [torch.randn(1, 16, t, 128, device="cuda", dtype=dtype) for _ in range(4)]
+                for x in tensors[:3]:
+                    x.requires_grad_()
 
-                def step():
+                def step(q, k, v, do, name=name):
                     if name == "ours":
                         out = softpick_attention(q, k, v)
                     else:
@@ -246,15 +247,16 @@ def memory_sweep(softpick_attention, ts, dtype):
                             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
                     out.backward(do)
 
-                step()  # compile outside the measurement
-                q.grad = k.grad = v.grad = None
+                step(*tensors)  # compile outside the measurement
+                for x in tensors[:3]:
+                    x.grad = None
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
-                step()
+                step(*tensors)
                 torch.cuda.synchronize()
                 row[name] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-                del q, k, v, do
+                del tensors
             except Exception as exc:  # noqa: BLE001
                 row[name] = f"error: {type(exc).__name__}"
                 traceback.print_exc()

@@ -127,6 +127,16 @@ def test_heldout_missing_names_the_option(tasks_dir, tmp_path):
         check_prepared(["qb_heldout_ppl"], copy)
 
 
+def test_moved_task_folder_gets_its_yamls_rewritten(tasks_dir, tmp_path):
+    import shutil
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tasks_dir, moved, ignore=shutil.ignore_patterns("hf_cache"))
+    check_prepared(TASK_SETS["paper"][0], moved)
+    for yml in (moved / "yaml").glob("*.yaml"):
+        assert str(moved.resolve()) in yml.read_text() and str(tasks_dir.resolve()) not in yml.read_text()
+
+
 def test_prepare_command_registers():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")

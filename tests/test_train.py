@@ -95,6 +95,7 @@ def test_checkpoint_reloads_with_identical_logits(trained, corpus):
     with torch.no_grad():
         assert torch.equal(model.eval()(x).logits, reloaded(x).logits)
     assert AutoTokenizer.from_pretrained(out).get_vocab() == make_tokenizer().get_vocab()
+    assert AutoTokenizer.from_pretrained(out).model_max_length == 64
     # the summary's held-out perplexity is that of the saved weights
     tok = AutoTokenizer.from_pretrained(out)
     windows = T.heldout_windows(corpus / "heldout_eval.txt", tok, 64, PRESETS["debug"]["eval_windows"])

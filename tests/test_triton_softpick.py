@@ -142,7 +142,7 @@ def run_case(case, device, fwd_config=None, bwd_configs=None):
 INTERP_FWD = (32, 16, 4, 2)
 INTERP_BWD = {"dkdv": (16, 32, 4, 2), "dq": (32, 16, 4, 2)}
 # other block shapes (BLOCK_M > BLOCK_N ratios, BLOCK_M == BLOCK_N) on a few cases
-INTERP_ALT = [((16, 16, 4, 2), {"dkdv": (16, 16, 4, 2), "dq": (16, 16, 4, 2)}),
+INTERP_ALT = [((32, 32, 4, 2), {"dkdv": (32, 32, 4, 2), "dq": (32, 32, 4, 2)}),
               ((64, 16, 4, 2), {"dkdv": (16, 64, 4, 2), "dq": (64, 16, 4, 2)})]
 
 

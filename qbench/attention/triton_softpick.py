@@ -351,7 +351,10 @@ def _tuned(name, dclass):
 
 def best_configs() -> dict:
     """What the autotuner chose so far: {kernel: {key: config}} (for the benchmark report)."""
-    return {name: {str(k): str(c) for k, c in tuned.cache.items()} for (name, _), tuned in _TUNED.items()}
+    chosen = {}
+    for (name, _), tuned in _TUNED.items():
+        chosen.setdefault(name, {}).update({str(k): str(c) for k, c in tuned.cache.items()})
+    return chosen
 
 
 def _launch(name, kernel, n_rows, n_bh, args, config, head_dim, **constexprs):

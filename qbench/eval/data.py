@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -163,7 +164,7 @@ def _yaml_str(s: str) -> str:
 
 
 def _data_kwargs(data_file: Path, split: str) -> str:
-    cache = paths.DATA_DIR / "hf_home" / "datasets"
+    cache = data_file.parent.parent / "hf_cache"   # TASKS_DIR/hf_cache: datasets' Arrow copies
     return (f"dataset_path: json\n"
             f"dataset_name: null\n"
             f"dataset_kwargs:\n"
@@ -336,17 +337,30 @@ def prepare(tasks_dir: Path | None = None, heldout: Path | str | None = None, fo
         log(f"{HELDOUT_TASK:20s} skipped: {heldout} does not exist; "
             f"run `qbench data prepare --heldout PATH` with a held-out text file")
 
-    # YAMLs: only for the tasks whose data is there
+    manifest_path(tasks_dir).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_yamls(tasks_dir, manifest, clean=True)
+    log(f"task YAMLs in {tasks_dir / 'yaml'}")
+    return manifest
+
+
+def write_yamls(tasks_dir: Path | None = None, manifest: dict | None = None, clean: bool = False) -> None:
+    """(Re)write the YAMLs of the prepared tasks. They hold absolute paths to the data, so they are
+    rewritten whenever the data folder has moved (e.g. carried to another machine)."""
+    tasks_dir = Path(tasks_dir or paths.TASKS_DIR).resolve()
+    manifest = manifest if manifest is not None else (read_manifest(tasks_dir) or {})
     ydir = tasks_dir / "yaml"
     ydir.mkdir(parents=True, exist_ok=True)
-    for stale in ydir.glob("*.yaml"):
-        stale.unlink()
+    if clean:
+        for stale in ydir.glob("*.yaml"):
+            stale.unlink()
     for name, text in task_yamls(tasks_dir).items():
-        if name in manifest["tasks"]:
-            (ydir / f"{name}.yaml").write_text(text)
-    manifest_path(tasks_dir).write_text(json.dumps(manifest, indent=2) + "\n")
-    log(f"task YAMLs in {ydir}")
-    return manifest
+        if name in manifest.get("tasks", {}):
+            target = ydir / f"{name}.yaml"
+            if target.exists() and target.read_text() == text:
+                continue
+            tmp = target.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(text)
+            tmp.replace(target)
 
 
 # ----------------------------------------------------------------------------- CLI

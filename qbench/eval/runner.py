@@ -45,6 +45,25 @@ def hub_mode(online: bool):
                 os.environ[k] = v
 
 
+def cache_jinja_templates() -> None:
+    """lm-eval compiles a task's Jinja template anew for every document it renders (41k compiles,
+    most of the non-model time of the paper set). Memoize the compilation: same environment, same
+    template strings, so the rendered text is identical. Idempotent; patches lm_eval.utils."""
+    import functools
+
+    import lm_eval.utils as lm_utils
+
+    if getattr(lm_utils.apply_template, "_qbench_cached", False):
+        return
+    compile_template = functools.lru_cache(maxsize=4096)(lm_utils.env.from_string)
+
+    def apply_template(template: str, doc: dict) -> str:
+        return compile_template(template).render(**doc)
+
+    apply_template._qbench_cached = True
+    lm_utils.apply_template = apply_template
+
+
 def task_manager(online: bool, tasks_dir: Path | None = None):
     from lm_eval.tasks import TaskManager
 
@@ -121,6 +140,7 @@ def evaluate(model, tokenizer, tasks="paper", limit=None, batch_size=None, devic
         import lm_eval
         from lm_eval.evaluator import simple_evaluate
 
+        cache_jinja_templates()
         if not online:
             tm = task_manager(False, tasks_dir)
         with _quiet():

@@ -417,8 +417,9 @@ def jargon_sections(root: Path) -> Iterator[str]:
     text = gzip.decompress((root / "usr/share/doc/jargon-text/jargon.txt.gz").read_bytes())
     text = drop_list_runs(text.decode("utf-8", errors="replace").replace("\u00a0", " "))
     for part in re.split(r"\n(?=(?:Chapter \d+|Appendix [A-Z])\.)", text):
-        yield "\n\n".join(unwrap(p) if not p.startswith("      ") else p
-                          for p in re.split(r"\n\s*\n", part))
+        paras = re.split(r"\n\s*\n", part)
+        # prose paragraphs (indented 3) are unwrapped; deeper-indented examples and verse stay
+        yield "\n\n".join(p if p.startswith("      ") else unwrap(p) for p in paras)
 
 
 def python_doc_sections(root: Path) -> Iterator[str]:

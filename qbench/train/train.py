@@ -580,6 +580,7 @@ def train_model(spec: RunSpec, inputs: Inputs | None = None):
 
     save_dtype = getattr(torch, preset["save_dtype"])
     model.eval()
+    tokenizer.model_max_length = context  # what the model was trained on (config: max_position_embeddings)
     save_checkpoint(model, tokenizer, out, dtype=save_dtype)
     model.float()  # the weights exactly as saved, computed in float32 (bf16 autocast on CUDA)
     summary = {
@@ -603,7 +604,12 @@ def train_model(spec: RunSpec, inputs: Inputs | None = None):
                                                                   f"{torch.get_num_threads()} threads)",
         "precision": "bf16 autocast, fp32 master weights" if autocast else "float32",
         "compile": spec.compile,
-        "deterministic_algorithms": bool(cuda and spec.deterministic),
+        "deterministic_algorithms": (
+            "torch.use_deterministic_algorithms(True, warn_only=True): deterministic cuBLAS and torch kernels "
+            "where they exist; torch's flash-attention backward (softmax) is not bitwise deterministic; the "
+            "softpick kernel runs fixed block sizes (QBENCH_SOFTPICK_AUTOTUNE="
+            f"{os.environ.get('QBENCH_SOFTPICK_AUTOTUNE', '1')})" if cuda and spec.deterministic
+            else "CPU: bitwise deterministic" if not cuda else "off"),
         "versions": _versions(),
         "git_commit": _git_commit(),
         "token_file": {"path": _show_path(inputs.tokens), "tokens": int(len(tokens)),
@@ -720,7 +726,7 @@ def _run_children(spec: RunSpec, inputs: Inputs, root: Path) -> dict:
         bars[kind] = tqdm(total=preset["steps"], desc=f"{spec.preset} {kind}", unit="step", position=i,
                           disable=not spec.progress, mininterval=1.0 if sys.stderr.isatty() else 30.0)
     try:
-        while any(p.poll() is None for p in procs.values()):
+        while any([p.poll() is None for p in procs.values()]):  # a list: poll every process
             time.sleep(2.0)
             for kind in KINDS:
                 _update_bar(bars[kind], root / kind / LOG_FILE)

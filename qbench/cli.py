@@ -27,23 +27,16 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="architecture, parameter count and attention kind of a checkpoint")
     info.add_argument("path", help="checkpoint folder (or hub id where a hub is reachable)")
     info.set_defaults(func=cmd_info)
-    for register in _area_registrations():
+    from . import bench_commands, data_commands
+    from .diagnostics import commands as diagnostics_commands
+    from .report import commands as report_commands
+    from .sweep import commands as sweep_commands
+    from .train.train import register_train_command
+
+    for register in (data_commands.register, register_train_command, sweep_commands.register,
+                     report_commands.register, diagnostics_commands.register, bench_commands.register):
         register(sub)
     return parser
-
-
-def _area_registrations():
-    """Subcommands of the other areas, imported lazily so `qbench info` stays light."""
-    from importlib import import_module
-    found = []
-    for module, name in [("qbench.data_commands", "register"), ("qbench.train.commands", "register"),
-                         ("qbench.sweep.commands", "register"), ("qbench.report.commands", "register"),
-                         ("qbench.diagnostics.commands", "register"), ("qbench.bench_commands", "register")]:
-        try:
-            found.append(getattr(import_module(module), name))
-        except (ImportError, AttributeError):
-            continue  # area not built yet
-    return found
 
 
 def main(argv=None) -> int:

@@ -298,15 +298,9 @@ def test_missing_inputs_are_clear_errors(tmp_path, tokenizer_dir, small_corpus):
 
 # -- command line -------------------------------------------------------------------------------
 
-def test_data_corpus_command_registers_once():
-    from qbench.train.commands import cmd_corpus, register, register_data_commands
+def test_data_corpus_command_parses():
+    from qbench.cli import build_parser
+    from qbench.train.commands import cmd_corpus
 
-    parser = argparse.ArgumentParser(prog="qbench")
-    sub = parser.add_subparsers(dest="command")
-    register(sub)
-    register(sub)  # a second area registering the group again changes nothing
-    args = parser.parse_args(["data", "corpus", "--out", "/tmp/c", "--vocab-size", "1024"])
+    args = build_parser().parse_args(["data", "corpus", "--out", "/tmp/c", "--vocab-size", "1024"])
     assert args.func is cmd_corpus and str(args.out) == "/tmp/c" and args.vocab_size == 1024
-    other = argparse.ArgumentParser().add_subparsers()
-    register_data_commands(other)
-    assert set(other.choices) == {"corpus"}

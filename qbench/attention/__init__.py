@@ -30,6 +30,9 @@ def attend(q, k, v, kind: str, key_mask=None, need_weights: bool = False):
         raise ValueError(f"unknown attention kind {kind!r}; expected one of {KINDS}")
     if key_mask is not None and bool(key_mask.all()):
         key_mask = None
+    if torch.is_autocast_enabled(q.device.type):  # RoPE leaves q, k in fp32 next to a 16-bit v
+        dtype = torch.get_autocast_dtype(q.device.type)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if need_weights:
         k_full, v_full = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
         weights = attention_weights(q, k_full, kind, key_mask)

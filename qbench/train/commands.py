@@ -1,8 +1,6 @@
 """`qbench data corpus`: build the training corpus and its tokenizer.
 
-`register(subparsers)` adds the command under the top-level `data` group (reusing the group if
-another area has made it already); `register_data_commands(data_subparsers)` adds it to a
-`data` group's own subparsers. `corpus()` is the same thing as a plain Python function.
+`register_data_commands(data_subparsers)` adds it to the `data` group (qbench/data_commands.py). `corpus()` is the same thing as a plain Python function.
 """
 from __future__ import annotations
 
@@ -55,13 +53,3 @@ def register_data_commands(data_subparsers) -> None:
     p.set_defaults(func=cmd_corpus)
 
 
-def register(subparsers) -> None:
-    """Add `data corpus` to the top-level subparsers, creating the `data` group if needed and
-    doing nothing if the group already has it."""
-    data = subparsers.choices.get("data")
-    if data is None:
-        data = subparsers.add_parser("data", help="build local data: training corpus, task data")
-    actions = [a for a in data._actions if isinstance(a, argparse._SubParsersAction)]
-    data_sub = actions[0] if actions else data.add_subparsers(dest="data_command", required=True)
-    if "corpus" not in data_sub.choices:  # qbench.data_commands may have added it already
-        register_data_commands(data_sub)

@@ -828,6 +828,11 @@ def cmd_train(args) -> int:
     except TrainError as err:
         print(f"qbench: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # the corpus code's CorpusError (missing split or tokenizer file)
+        if type(err).__name__ != "CorpusError":
+            raise
+        print(f"qbench: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -53,7 +53,7 @@ def compile_report(head_dims=(32, 64, 128), dtype="bf16", arch=90):
     target = GPUTarget("cuda", arch, 64)
     ptr16 = {"Q", "K", "V", "O", "ORES", "DO", "DQ", "DK", "DV"}
     flt = {"qk_scale", "eps", "sm_scale"}
-    cexpr = {"HEAD_DIM", "BLOCK_M", "BLOCK_N", "STORE_RES", "HAS_RES"}
+    cexpr = {"HEAD_DIM", "BLOCK_M", "BLOCK_N", "FEW_KEYS"}
 
     def build(fn, consts, warps, stages):
         sig, attrs = {}, {}
@@ -89,10 +89,10 @@ def compile_report(head_dims=(32, 64, 128), dtype="bf16", arch=90):
     for d in head_dims:
         dc = tsp._dclass(d)
         tuned = d in (64, 128)  # head_dim 32 runs the 64 class: check its default configs only
-        for store_res in (False, True):
-            for cfg in tsp.FWD_CONFIGS[dc] if tuned else [tsp.DEFAULT_CONFIGS["fwd"][dc]]:
-                jobs.append(("fwd" + ("+res" if store_res else ""), tsp._fwd_kernel, d, cfg,
-                             {"HEAD_DIM": d, "STORE_RES": store_res, "BLOCK_M": cfg[0], "BLOCK_N": cfg[1]}))
+        for cfg in tsp.FWD_CONFIGS[dc] if tuned else [tsp.DEFAULT_CONFIGS["fwd"][dc]]:
+            jobs.append(("fwd", tsp._fwd_kernel, d, cfg, {"HEAD_DIM": d, "BLOCK_M": cfg[0], "BLOCK_N": cfg[1]}))
+        jobs.append(("preprocess", tsp._bwd_preprocess, d, (tsp.PREPROCESS_BLOCK, 0, 4, 1),
+                     {"HEAD_DIM": d, "BLOCK_M": tsp.PREPROCESS_BLOCK, "FEW_KEYS": tsp.PREPROCESS_FEW_KEYS}))
         for cfg in tsp.DKDV_CONFIGS[dc] if tuned else [tsp.DEFAULT_CONFIGS["dkdv"][dc]]:
             jobs.append(("dkdv", tsp._bwd_dkdv_kernel, d, cfg, {"HEAD_DIM": d, "BLOCK_M": cfg[0], "BLOCK_N": cfg[1]}))
         for cfg in tsp.DQ_CONFIGS[dc] if tuned else [tsp.DEFAULT_CONFIGS["dq"][dc]]:

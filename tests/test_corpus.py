@@ -1,6 +1,5 @@
 """Corpus recipe and tokenizer: split rule, file format, package formats, tokenizer, encoding.
 Fast and offline: synthetic text and synthetic package files only."""
-import argparse
 import gzip
 import hashlib
 import json

@@ -47,10 +47,25 @@ def _llama(tokenizer):
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
-@pytest.fixture(scope="module", params=["softmax", "softpick", "llama"])
+def _bos_tokenizer(tokenizer):
+    """A copy that prepends <s> to every encoding, as Llama tokenizers do."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    tok = copy.deepcopy(tokenizer)
+    tok._tokenizer.post_processor = TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                       special_tokens=[("<s>", tok.bos_token_id)])
+    assert tok("a b")["input_ids"][0] == tok.bos_token_id
+    return tok
+
+
+@pytest.fixture(scope="module", params=["softmax", "softpick", "llama", "llama-bos"])
 def model_and_tokenizer(request, tmp_path_factory, tokenizer):
     if request.param == "llama":   # any transformers causal LM (this one takes logits_to_keep)
         return _llama(tokenizer), tokenizer
+    if request.param == "llama-bos":
+        return _llama(tokenizer), _bos_tokenizer(tokenizer)
     from conftest import save_tiny
 
     folder = save_tiny(tmp_path_factory.mktemp(request.param) / "m", request.param, tokenizer,

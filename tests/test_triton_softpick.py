@@ -110,9 +110,9 @@ def run_case(case, device, fwd_config=None, bwd_configs=None):
     q, k, v, do, lens = make_case(b, h, hkv, t, d, dtype, device, case["seed"], case.get("lens"),
                                   case.get("neg_rows", ()), case.get("scale", 1.0))
     poison = lambda x: torch.full_like(x, float("nan"))  # noqa: E731
-    o, lse, res = softpick_forward(q, k, v, lens, out=poison(q), config=fwd_config, store_residual=True)
-    dq, dk, dv = softpick_backward(q, k, v, o, lse, do, lens, residual=res, dq=poison(q), dk=poison(k),
-                                   dv=poison(v), configs=bwd_configs)
+    o, lse = softpick_forward(q, k, v, lens, out=poison(q), config=fwd_config)
+    dq, dk, dv = softpick_backward(q, k, v, o, lse, do, lens, dq=poison(q), dk=poison(k), dv=poison(v),
+                                   configs=bwd_configs)
     qr, kr, vr = (x.detach().double().requires_grad_() for x in (q, k, v))
     ref = reference64(qr, kr, vr, lens)
     ref.backward(do.double())
@@ -163,6 +163,9 @@ def interpreter_cases():
         c("t41-d64-fp16-gqa", 2, 2, 1, 41, 64, f16, 10, lens=[41, 30]),
         c("t29-d128-fp16", 1, 2, 1, 29, 128, f16, 11, neg_rows=(3,)),
         c("t48-d32-autograd", 1, 2, 1, 48, 32, f32, 12, autograd=True),
+        # rows that see few keys take the exact Delta path (one key: the true gradient is ~eps)
+        c("t1-d32-fp16-fewkeys", 2, 4, 2, 1, 32, f16, 13),
+        c("t20-d64-fp16-lens5", 2, 2, 1, 20, 64, f16, 14, lens=[20, 5]),
     ]
 
 

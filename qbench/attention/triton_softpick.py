@@ -17,8 +17,7 @@ floating point, a zero score contributes nothing to either sum, leaves m = max(0
 and has zero gradient. Keys beyond seq_len (and beyond T) are therefore loaded as zero vectors,
 which gives score 0 exactly: only diagonal blocks need an explicit (causal) mask.
 
-Memory: no T x T buffer. Saved for the backward: q, k, v, O, L (one float per query row) and,
-for 16-bit inputs, O's rounding residual (see softpick_forward).
+Memory: no T x T buffer. Saved for the backward: q, k, v, O and L (one float per query row).
 
 Everything is computed in the log2 domain (x2 = x * log2(e), exp2). The forward stores per row
     L_i = m_i + log2(Z_i),   Z_i = sum_j |a_ij| + eps   (a_ij = 2^{x2_ij - m_i} - 2^{-m_i})
@@ -26,7 +25,7 @@ so that the backward recomputes p_ij = relu(2^{x2_ij - L_i} - 2^{-L_i}) with one
 
 Backward (derived in benchmarks/attention_notes.md): with E_ij = 2^{x2_ij - L_i} = e^{x_ij-m_i}/Z_i,
 A_ij = E_ij - 2^{-L_i} (= a_ij / Z_i, same sign as a_ij), dp_ij = dO_i . v_j and
-Delta_i = sum_j dp_ij p_ij = dO_i . O_i:
+Delta_i = sum_j dp_ij p_ij = dO_i . O_i (exact for the first rows, see _bwd_preprocess):
     dL/dx_ij = E_ij * ( [A_ij > 0] dp_ij - sign(A_ij) Delta_i )
     dq = scale * dS @ K,  dk = scale * dS^T @ Q,  dv = P^T @ dO   (dk, dv summed over a GQA group)
 """
@@ -101,11 +100,10 @@ if triton is not None:
         return acc, den, m_i
 
     @triton.jit(do_not_specialize=["T"])
-    def _fwd_kernel(Q, K, V, O, ORES, L, SEQ_LENS,
+    def _fwd_kernel(Q, K, V, O, L, SEQ_LENS,
                     sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
                     H, G, T, T_BUCKET, qk_scale, eps,
-                    HEAD_DIM: tl.constexpr, STORE_RES: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         # heaviest (last) query blocks first: better tail balance under causal masking
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -140,17 +138,22 @@ if triton is not None:
 
         z = den + eps
         out = acc / z[:, None]
-        o_off = b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :]
-        o_low = out.to(O.dtype.element_ty)
-        tl.store(O + o_off, o_low, mask=row_ok[:, None])
-        if STORE_RES:  # rounding residual of O, so that the backward's rowsum(dO * O) is exact
-            tl.store(ORES + o_off, (out - o_low.to(tl.float32)).to(O.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :],
+                 out.to(O.dtype.element_ty), mask=row_ok[:, None])
         tl.store(L + pid_bh.to(tl.int64) * T + offs_m, m_i + tl.log2(z), mask=row_ok)
 
     # ---------------------------------------------------------------- backward
     @triton.jit(do_not_specialize=["T"])
-    def _bwd_preprocess(O, ORES, DO, DELTA, sob, soh, sot, sdb, sdh, sdt, H, T,
-                        HEAD_DIM: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_M: tl.constexpr):
+    def _bwd_preprocess(Q, K, V, O, DO, DELTA, SEQ_LENS,
+                        sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot, sdb, sdh, sdt,
+                        H, G, T, qk_scale, eps,
+                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, FEW_KEYS: tl.constexpr):
+        """Delta_i = sum_j dp_ij p_ij: rowsum(dO * O) from the stored O, except for rows that see at
+        most FEW_KEYS keys (the first rows of a sequence), where it is summed exactly from p and dp.
+        dS multiplies Delta's error by E = e^{x-m}/Z, which exceeds p by 1/(1 - e^{-x}) for a small
+        positive score x; in a row with one visible key (p = a/(a+eps), true gradient ~eps) the
+        bf16 rounding of P (in the forward's P @ V) and of O would leave an error of the order of
+        dO. Rows with many keys spread Z over many entries and keep bf16-level errors."""
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = (pid_bh // H).to(tl.int64)
@@ -158,13 +161,29 @@ if triton is not None:
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, HEAD_DIM)
         ok = offs_m < T
-        o_off = b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :]
-        o = tl.load(O + o_off, mask=ok[:, None], other=0.0).to(tl.float32)
-        if HAS_RES:
-            o += tl.load(ORES + o_off, mask=ok[:, None], other=0.0).to(tl.float32)
+        o = tl.load(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :],
+                    mask=ok[:, None], other=0.0)
         do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdt + offs_d[None, :],
-                     mask=ok[:, None], other=0.0).to(tl.float32)
-        tl.store(DELTA + pid_bh.to(tl.int64) * T + offs_m, tl.sum(o * do, 1), mask=ok)
+                     mask=ok[:, None], other=0.0)
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        kv_len = tl.minimum(tl.load(SEQ_LENS + b), T)
+        if (pid_m * BLOCK_M < FEW_KEYS) | (kv_len <= FEW_KEYS):
+            hk = h // G
+            offs_r = tl.arange(0, FEW_KEYS)
+            kmask = offs_r[:, None] < kv_len
+            k = tl.load(K + b * skb + hk * skh + offs_r[:, None] * skt + offs_d[None, :], mask=kmask, other=0.0)
+            v = tl.load(V + b * svb + hk * svh + offs_r[:, None] * svt + offs_d[None, :], mask=kmask, other=0.0)
+            q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :],
+                        mask=ok[:, None], other=0.0)
+            # p exactly as the forward computes it (its own max and sum: all visible keys are here;
+            # recomputing p from L instead would cancel E - 2^-L and lose bits for small a)
+            x = tl.where(offs_r[None, :] <= offs_m[:, None], tl.dot(q, tl.trans(k)) * qk_scale, 0.0)
+            m = tl.maximum(tl.max(x, 1), 0.0)
+            a = tl.exp2(x - m[:, None]) - tl.exp2(-m)[:, None]
+            p = tl.maximum(a, 0.0) / (tl.sum(tl.abs(a), 1) + eps)[:, None]
+            exact = tl.sum(p * tl.dot(do, tl.trans(v)), 1)
+            delta = tl.where(tl.minimum(offs_m + 1, kv_len) <= FEW_KEYS, exact, delta)
+        tl.store(DELTA + pid_bh.to(tl.int64) * T + offs_m, delta, mask=ok)
 
     @triton.jit
     def _dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, delta_base, stride_qt, stride_dot,
@@ -320,6 +339,7 @@ DEFAULT_CONFIGS = {
     "dq": {64: (128, 32, 8, 3), 128: (128, 32, 8, 3)},
 }
 PREPROCESS_BLOCK = 64
+PREPROCESS_FEW_KEYS = 16   # rows with at most this many visible keys get an exact Delta
 
 
 def _dclass(head_dim: int) -> int:
@@ -339,7 +359,7 @@ def _tuned(name, dclass):
     not re-tune."""
     if (name, dclass) not in _TUNED:
         kernel, key = {
-            "fwd": (_fwd_kernel, ["T_BUCKET", "HEAD_DIM", "STORE_RES"]),
+            "fwd": (_fwd_kernel, ["T_BUCKET", "HEAD_DIM"]),
             "dkdv": (_bwd_dkdv_kernel, ["T_BUCKET", "HEAD_DIM"]),
             "dq": (_bwd_dq_kernel, ["T_BUCKET", "HEAD_DIM"]),
         }[name]
@@ -411,16 +431,9 @@ def _check(q, k, v):
         raise ValueError(f"q, k, v must share a dtype among fp16/bf16/fp32; got {q.dtype}, {k.dtype}, {v.dtype}")
 
 
-def softpick_forward(q, k, v, seq_lens=None, eps=SOFTPICK_EPS, scale=None, out=None, config=None,
-                     store_residual=None):
-    """Forward only: (out [B, H, T, D], L [B, H, T] float32, residual or None).
-
-    residual: out's rounding error (out_fp32 - out, in out's dtype), stored for the backward of
-    16-bit inputs (default: when q requires grad) so that Delta = rowsum(dO * O) is computed from
-    O to ~16 bits. Softpick's dS multiplies the error of Delta by e^{x-m}/Z, which exceeds p
-    (by 1/(1 - e^{-x}) for a small positive score x); for a row with one visible key, where the
-    true gradient nearly cancels, Delta from the rounded O alone would leave gradient noise of the
-    order of dO. `out` may be given (any layout with a contiguous last dim); `config` =
+def softpick_forward(q, k, v, seq_lens=None, eps=SOFTPICK_EPS, scale=None, out=None, config=None):
+    """Forward only: (out [B, H, T, D], L [B, H, T] float32 = m + log2(Z) per query row).
+    `out` may be given (q's shape and dtype, contiguous last dim); `config` =
     (BLOCK_M, BLOCK_N, num_warps, num_stages) skips autotuning."""
     _check(q, k, v)
     q, k, v = _lastdim_contiguous(q), _lastdim_contiguous(k), _lastdim_contiguous(v)
@@ -431,27 +444,20 @@ def softpick_forward(q, k, v, seq_lens=None, eps=SOFTPICK_EPS, scale=None, out=N
     o = torch.empty_like(q) if out is None else out
     if o.shape != q.shape or o.dtype != q.dtype or o.stride(-1) != 1:
         raise ValueError("out must match q's shape and dtype, with a contiguous last dim")
-    if store_residual is None:
-        store_residual = q.requires_grad or k.requires_grad or v.requires_grad
-    store_residual = bool(store_residual) and q.dtype != torch.float32
-    res = torch.empty_like(o) if store_residual else None
-    if res is not None and res.stride() != o.stride():
-        res = torch.empty_strided(o.shape, o.stride(), dtype=o.dtype, device=o.device)
     lse = torch.empty((b, h, t), dtype=torch.float32, device=q.device)
     if t == 0 or b == 0 or h == 0:
-        return o, lse, res
-    args = (q, k, v, o, res if res is not None else o, lse, lens,
-            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
+        return o, lse
+    args = (q, k, v, o, lse, lens, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
             h, h // hkv, t, _bucket(t), sm_scale * LOG2E, float(eps))
-    _launch("fwd", _fwd_kernel, t, b * h, args, config, d, STORE_RES=res is not None)
-    return o, lse, res
+    _launch("fwd", _fwd_kernel, t, b * h, args, config, d)
+    return o, lse
 
 
-def softpick_backward(q, k, v, o, lse, do, seq_lens=None, scale=None, residual=None,
-                      dq=None, dk=None, dv=None, configs=None):
+def softpick_backward(q, k, v, o, lse, do, seq_lens=None, scale=None, dq=None, dk=None, dv=None,
+                      configs=None, eps=SOFTPICK_EPS):
     """Backward: (dq, dk, dv). `configs` = {"dkdv": (...), "dq": (...)} skips autotuning;
     dq, dk, dv may be given (same shapes and dtypes as q, k, v; contiguous last dim)."""
-    q, k, v, do = (_lastdim_contiguous(x) for x in (q, k, v, do))
+    q, k, v, o, do = (_lastdim_contiguous(x) for x in (q, k, v, o, do))
     b, h, t, d = q.shape
     hkv = k.shape[1]
     sm_scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
@@ -461,16 +467,14 @@ def softpick_backward(q, k, v, o, lse, do, seq_lens=None, scale=None, residual=N
     dv = torch.empty_like(v) if dv is None else dv
     if t == 0 or b == 0 or h == 0:
         return dq, dk, dv
-    if residual is not None and (residual.stride() != o.stride() or o.stride(-1) != 1):
-        o = o + residual.float()
-        residual = None
-    o = _lastdim_contiguous(o)
     delta = torch.empty((b, h, t), dtype=torch.float32, device=q.device)
+    common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
     _bwd_preprocess[(triton.cdiv(t, PREPROCESS_BLOCK), b * h)](
-        o, residual if residual is not None else o, do, delta, *o.stride()[:3], *do.stride()[:3], h, t,
-        HEAD_DIM=d, HAS_RES=residual is not None, BLOCK_M=PREPROCESS_BLOCK, num_warps=4)
+        q, k, v, o, do, delta, lens, *common, *o.stride()[:3], *do.stride()[:3],
+        h, h // hkv, t, sm_scale * LOG2E, float(eps),
+        HEAD_DIM=d, BLOCK_M=PREPROCESS_BLOCK, FEW_KEYS=PREPROCESS_FEW_KEYS, num_warps=4)
     configs = configs or {}
-    common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
+    common = (*common, *do.stride()[:3])
     args = (q, k, v, do, lse, delta, dk, dv, lens, *common, *dk.stride()[:3], *dv.stride()[:3],
             h, hkv, h // hkv, t, _bucket(t), sm_scale, sm_scale * LOG2E)
     _launch("dkdv", _bwd_dkdv_kernel, t, b * hkv, args, configs.get("dkdv"), d)
@@ -483,22 +487,23 @@ def softpick_backward(q, k, v, o, lse, do, seq_lens=None, scale=None, residual=N
 class _SoftpickAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, seq_lens, eps, scale):
-        o, lse, res = softpick_forward(q, k, v, seq_lens, eps, scale, store_residual=True)
-        ctx.save_for_backward(q, k, v, o, lse, seq_lens, res)
-        ctx.scale = scale
+        o, lse = softpick_forward(q, k, v, seq_lens, eps, scale)
+        ctx.save_for_backward(q, k, v, o, lse, seq_lens)
+        ctx.scale, ctx.eps = scale, eps
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, lse, lens, res = ctx.saved_tensors
-        dq, dk, dv = softpick_backward(q, k, v, o, lse, do, lens, ctx.scale, residual=res)
+        q, k, v, o, lse, lens = ctx.saved_tensors
+        dq, dk, dv = softpick_backward(q, k, v, o, lse, do, lens, ctx.scale, eps=ctx.eps)
         return dq, dk, dv, None, None, None
 
 
 def softpick_attention(q, k, v, seq_lens=None, eps: float = SOFTPICK_EPS, scale: float | None = None):
     """Causal softpick attention. q [B, H, T, D]; k, v [B, Hkv, T, D] (Hkv divides H);
     seq_lens: optional int [B] for right-padded batches (keys >= seq_lens[b] masked).
-    scale defaults to 1/sqrt(D). Returns out [B, H, T, D] in q's dtype; differentiable."""
+    scale defaults to 1/sqrt(D). Returns out [B, H, T, D] in q's dtype (and q's layout when q is
+    a transposed view); differentiable."""
     if triton is None:
         raise RuntimeError("softpick_attention needs triton")
     if not (q.is_cuda or _interpreting()):
@@ -509,4 +514,4 @@ def softpick_attention(q, k, v, seq_lens=None, eps: float = SOFTPICK_EPS, scale:
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
             return _SoftpickAttention.apply(q, k, v, seq_lens, eps, scale)
-        return softpick_forward(q, k, v, seq_lens, eps, scale, store_residual=False)[0]
+        return softpick_forward(q, k, v, seq_lens, eps, scale)[0]

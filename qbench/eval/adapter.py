@@ -15,8 +15,9 @@ how the token requests are run:
   budget (rows x padded length <= max_batch_tokens), no attention mask (as HFLM);
 * the output layer runs only on the scored (continuation) positions: a forward pre-hook on
   `model.get_output_embeddings()` gathers their hidden states (fallback: full logits, cut with
-  `logits_to_keep` where the forward takes it); log-probabilities (logit - logsumexp) are taken in float32
-  on those rows only, and the sums / greedy checks are vectorized on the device, with one transfer at the end;
+  `logits_to_keep` where the forward takes it); log-probabilities (logit - logsumexp) are taken
+  in float32 on those rows only, and the sums / greedy checks are vectorized on the device, with
+  one transfer at the end (rolling windows skip the greedy check, whose result HFLM discards);
 * loglikelihood_rolling uses lm-eval's own window functions (get_rolling_token_windows +
   make_disjoint_window, context_len 1, the model's max_length) and scores all windows of all
   documents in one pass of the packer.

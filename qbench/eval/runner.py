@@ -145,9 +145,15 @@ def evaluate(model, tokenizer, tasks="paper", limit=None, batch_size=None, devic
             tm = task_manager(False, tasks_dir)
         with _quiet():
             lm = make_lm(model, tokenizer, scorer, batch_size, max_batch_tokens, max_length)
-            results = simple_evaluate(model=lm, tasks=names, task_manager=tm, limit=limit,
-                                      bootstrap_iters=bootstrap_iters, log_samples=False,
-                                      verbosity=None)
+            try:
+                results = simple_evaluate(model=lm, tasks=names, task_manager=tm, limit=limit,
+                                          bootstrap_iters=bootstrap_iters, log_samples=False,
+                                          verbosity=None)
+            except ConnectionError as err:
+                if not online:
+                    raise
+                raise EvalError(f"online evaluation needs a reachable dataset hub ({err}); without one, "
+                                f"use the offline tasks (the default; `qbench data prepare` builds them)") from None
     seconds = time.perf_counter() - t0
     if results is None:
         raise EvalError("lm-eval returned no results")

@@ -129,8 +129,10 @@ def task_fingerprint(names: list[str], tasks_dir: Path | None = None) -> dict[st
     out = {}
     for name in names:
         if name in OFFLINE_TASKS and name in manifest.get("tasks", {}):
-            yml = (yaml_dir(tasks_dir) / f"{name}.yaml").read_text().replace(str(tasks_dir), "<TASKS_DIR>")
+            yml = data.task_yamls(tasks_dir)[name].replace(str(tasks_dir), "<TASKS_DIR>")
             out[name] = hashlib.sha256((manifest["tasks"][name]["sha256"] + yml).encode()).hexdigest()[:16]
+        elif name in OFFLINE_TASKS:
+            out[name] = "not prepared"
         else:
             out[name] = f"lm-eval {getattr(lm_eval, '__version__', '?')} stock task"
     return out

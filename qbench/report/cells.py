@@ -116,6 +116,7 @@ class Grid:
     recipes: list[dict]                     # [{name, method, bits, activation, description}] in sweep order
     entries: dict = field(default_factory=dict)   # (kind, recipe, bits) -> Entry
     from_manifest: bool = True
+    calib_note: str = ""
 
     def entry(self, kind: str, recipe: str, bits: int | None) -> Entry:
         return self.entries.get((kind, recipe, bits)) or Entry(kind, recipe, bits)
@@ -136,7 +137,8 @@ class Grid:
 
     def caption(self) -> str:
         limit = f"Evaluated on {self.limit_note or 'all examples of every task (no limit)'}."
-        return f"Sweep `{self.name}`" + (f" on {self.device}" if self.device else "") + f". {limit}"
+        calib = f" Calibrating recipes used {self.calib_note}." if self.calib_note else ""
+        return f"Sweep `{self.name}`" + (f" on {self.device}" if self.device else "") + f". {limit}{calib}"
 
 
 def _newest(a: dict, b: dict) -> dict:
@@ -153,7 +155,8 @@ def load_grid(root) -> Grid:
     if manifest is not None:
         grid = Grid(root=root, name=manifest.get("name", root.name), tasks=list(manifest.get("tasks", [])),
                     limit=manifest.get("limit"), limit_note=manifest.get("limit_note") or "",
-                    device=manifest.get("device"), recipes=list(manifest.get("recipes", [])))
+                    device=manifest.get("device"), recipes=list(manifest.get("recipes", [])),
+                    calib_note=manifest.get("calib_note") or "")
         for cell in manifest.get("cells", []):
             recipe = cell["recipe"] or FP
             e = Entry(cell["model"], recipe, cell.get("bits"), cell["key"], store.read(cell["key"]))
@@ -172,7 +175,8 @@ def load_grid(root) -> Grid:
         chosen[pos] = _newest(chosen[pos], r) if pos in chosen else r
         if r["recipe"] is not None:
             info = recipes.setdefault(recipe, {"name": recipe, "method": r["recipe"]["method"], "bits": [],
-                                               "activation": r["recipe"].get("activation"), "description": ""})
+                                               "activation": r["recipe"].get("activation"),
+                                               "calib": r["recipe"].get("calib"), "description": ""})
             if r["bits"] not in info["bits"]:
                 info["bits"].append(r["bits"])
         tasks.extend(t for t in r.get("tasks", []) if t not in tasks)

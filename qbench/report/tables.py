@@ -73,8 +73,9 @@ def _entry(grid: Grid, kind: str, recipe: dict, bits: int | None) -> Entry:
 
 def _recipe_title(recipe: dict) -> str:
     kind = "weight+activation" if recipe.get("activation") else "weight-only"
-    desc = f": {recipe['description']}" if recipe.get("description") else ""
-    return f"{recipe['name']} ({recipe['method']}, {kind}){desc}"
+    calib = recipe.get("calib")
+    calib = f", calibration {calib['samples']} x {calib['seq_len']} tokens" if calib else ""
+    return f"{recipe['name']} ({recipe['method']}, {kind}{calib})"
 
 
 # ----------------------------------------------------------------------------- (a) paper layout

@@ -35,6 +35,8 @@ def register(subparsers) -> None:
     lim.add_argument("--limit", type=_positive, default=None, metavar="N",
                      help="examples per task, overriding the sweep file's limit and cpu_limit")
     lim.add_argument("--no-limit", action="store_true", help="all examples of every task, even on CPU")
+    p.add_argument("--full-calib", action="store_true",
+                   help="the recipes' own calibration batches even on CPU (ignore the sweep file's cpu_calib)")
     p.add_argument("--workers", type=_positive, default=1, metavar="N",
                    help="worker processes over disjoint cells; on CUDA one per GPU (CUDA_VISIBLE_DEVICES)")
     p.add_argument("--dry-run", action="store_true", help="validate, list the cells and their state, compute nothing")
@@ -56,7 +58,7 @@ def cmd_sweep(args) -> int:
 
     try:
         sweep = load_sweep(args.sweep_file, results_dir=args.results, device=args.device, limit=args.limit,
-                           no_limit=args.no_limit)
+                           no_limit=args.no_limit, full_calib=args.full_calib)
     except SweepError as err:
         return _fail(str(err))
     cells = expand(sweep)
@@ -79,6 +81,8 @@ def cmd_sweep(args) -> int:
           f"{len(cells) - n_base} recipe x bits x model) on {sweep.device} ({sweep.dtype})")
     print(f"pair: softmax {sweep.softmax}, softpick {sweep.softpick}")
     print(f"tasks: {', '.join(sweep.tasks)}; {sweep.limit_note()}")
+    if sweep.calib_note():
+        print(f"calibration: {sweep.calib_note()}")
     print(f"results: {sweep.results_dir}; {len(p.cached)} stored, {len(p.retry)} failed before (retried), "
           f"{len(p.pending)} to compute" + (f"; removed {removed} stray tmp files" if removed else ""))
     if args.dry_run:
@@ -95,6 +99,8 @@ def cmd_sweep(args) -> int:
             argv += ["--limit", str(args.limit)]
         elif args.no_limit:
             argv += ["--no-limit"]
+        if args.full_calib:
+            argv += ["--full-calib"]
         try:
             summary = run_workers(min(args.workers, len(todo)), argv, sweep, todo, store, run_id=run_id,
                                   total=len(cells), cached=len(p.cached), progress=not args.no_progress)

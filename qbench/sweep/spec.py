@@ -9,6 +9,8 @@ A sweep file (`recipes/paper.yaml`, `recipes/full.yaml`):
     tasks: paper                     # a task-set name, a task name, or a list of them (qbench.eval)
     limit: null                      # examples per task; null = all
     cpu_limit: 40                    # examples per task when the sweep runs on CPU (null = `limit`)
+    cpu_calib: {samples: 16, seq_len: 256}   # calibration batch of calibrating recipes on CPU
+                                     # (null = each recipe's own `calib`)
     calibration_text: checkpoints/tiny/heldout/heldout_calib.txt.gz   # for recipes that calibrate
     device: auto                     # auto (cuda when there is one) | cpu | cuda
     dtype: auto                      # auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16
@@ -48,8 +50,9 @@ KEY_LENGTH = 20          # hex digits of sha256 kept as the cell key
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 SCORERS = ("qbench", "hf")
-_TOP_FIELDS = ("name", "description", "pair", "tasks", "limit", "cpu_limit", "calibration_text", "device",
-               "dtype", "eval", "grid")
+_TOP_FIELDS = ("name", "description", "pair", "tasks", "limit", "cpu_limit", "cpu_calib", "calibration_text",
+               "device", "dtype", "eval", "grid")
+_CPU_CALIB_FIELDS = ("samples", "seq_len")
 _EVAL_FIELDS = ("batch_size", "max_batch_tokens", "scorer", "bootstrap_iters")
 DEFAULT_CALIBRATION_TEXT = paths.BUNDLED_HELDOUT / "heldout_calib.txt.gz"
 KINDS = ("softmax", "softpick")
@@ -88,6 +91,8 @@ class Sweep:
     tasks_dir: Path
     limit_override: bool = False      # --limit / --no-limit given on the command line
     description: str = ""
+    cpu_calib: dict | None = None     # applied to the grid's calibrating recipes (running on CPU)
+    calib_applied: bool = False       # whether cpu_calib replaced the recipes' own calibration size
 
     @property
     def effective_limit(self) -> int | None:
@@ -103,6 +108,14 @@ class Sweep:
         why = "--limit" if self.limit_override else ("cpu_limit, running on CPU" if lim == self.cpu_limit
                                                      and self.device == "cpu" else "limit")
         return f"at most {lim} examples per task ({why})"
+
+    def calib_note(self) -> str:
+        """How the calibrating recipes were calibrated in this run ('' when as the recipes say)."""
+        if not self.calib_applied:
+            return ""
+        c, own = self.cpu_calib, "(recipe's)"
+        return (f"calibration batches of {c.get('samples', own)} x {c.get('seq_len', own)} "
+                f"tokens instead of the recipes' own (cpu_calib, running on CPU)")
 
 
 @dataclass
@@ -191,7 +204,7 @@ def read_sweep_file(path) -> tuple[dict, str]:
 
 
 def load_sweep(path, *, results_dir=None, device: str | None = None, limit: int | None = None,
-               no_limit: bool = False, check_store: bool = True) -> Sweep:
+               no_limit: bool = False, full_calib: bool = False, check_store: bool = True) -> Sweep:
     """Parse and validate a sweep file (and command-line overrides); raises SweepError.
 
     Runs every check that can fail before a cell runs, in the order of the file's fields.
@@ -297,6 +310,26 @@ def load_sweep(path, *, results_dir=None, device: str | None = None, limit: int 
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     elif dev == "cuda" and not torch.cuda.is_available():
         raise SweepError(source if device is None else "command line", "device", "cuda asked for, but no CUDA device is visible")
+    # on CPU, smaller calibration batches (part of each resolved recipe, hence of the cell keys)
+    cpu_calib = data.get("cpu_calib")
+    if cpu_calib is not None:
+        if not isinstance(cpu_calib, dict) or not cpu_calib:
+            raise SweepError(source, "cpu_calib", f"expected null or {{samples: N, seq_len: T}}, got {cpu_calib!r}")
+        for key, value in cpu_calib.items():
+            if key not in _CPU_CALIB_FIELDS:
+                raise SweepError(source, f"cpu_calib.{key}", f"unknown field; known: {list(_CPU_CALIB_FIELDS)}")
+            _opt_int(value, source, f"cpu_calib.{key}")
+    calib_applied = False
+    if dev == "cpu" and cpu_calib and not full_calib:
+        for i, entry in enumerate(grid):
+            if entry.recipe.calib is not None:
+                try:
+                    recipe = entry.recipe.replace(calib={**entry.recipe.calib, **cpu_calib})
+                except quant.RecipeError as err:
+                    raise SweepError(source, "cpu_calib", f"does not fit recipe {entry.recipe.name!r}: {err}") from None
+                grid[i] = GridEntry(recipe, entry.bits)
+                calib_applied = True
+
     dtype = data.get("dtype", "auto")
     if dtype == "auto":
         dtype = "float32" if dev == "cpu" else "bfloat16"
@@ -338,7 +371,7 @@ def load_sweep(path, *, results_dir=None, device: str | None = None, limit: int 
     sweep = Sweep(name=name, source=source, softmax=softmax, softpick=softpick, tasks=task_names, limit=lim,
                   cpu_limit=cpu_limit, calibration_text=calib_text, device=dev, dtype=dtype, eval=eval_settings,
                   grid=grid, results_dir=results, tasks_dir=tasks_dir, limit_override=limit_override,
-                  description=str(data.get("description", "")))
+                  description=str(data.get("description", "")), cpu_calib=cpu_calib, calib_applied=calib_applied)
     if check_store:
         from .store import Store, StoreError
 
@@ -493,10 +526,12 @@ def manifest(sweep: Sweep, cells: list[CellSpec]) -> dict:
         "tasks": sweep.tasks,
         "limit": sweep.effective_limit,
         "limit_note": sweep.limit_note(),
+        "calib_note": sweep.calib_note(),
         "device": sweep.device,
         "dtype": sweep.dtype,
         "recipes": [{"name": e.recipe.name, "method": e.recipe.method, "bits": list(e.bits),
                      "activation": None if e.recipe.activation is None else dict(e.recipe.activation),
+                     "calib": None if e.recipe.calib is None else dict(e.recipe.calib),
                      "description": e.recipe.description} for e in sweep.grid],
         "cells": [{"key": c.key, "model": c.kind, "recipe": c.recipe_name, "bits": c.bits} for c in cells],
     }

@@ -4,6 +4,7 @@ real lm-eval runs on a tiny random pair with a few examples per task."""
 import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -246,8 +247,9 @@ def _snapshot(cells_dir: Path) -> dict:
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in cells_dir.glob("*.json")}
 
 
-def _sweep_cmd(path, results):
-    return [sys.executable, "-m", "qbench.cli", "sweep", str(path), "--results", str(results), "--no-progress"]
+def _sweep_cmd(path, results, *extra):
+    return [sys.executable, "-m", "qbench.cli", "sweep", str(path), "--results", str(results), "--no-progress",
+            *extra]
 
 
 def test_resume_after_kill_9(tiny_pair, tmp_path, data_dir):
@@ -268,9 +270,14 @@ def test_resume_after_kill_9(tiny_pair, tmp_path, data_dir):
     before = _snapshot(cells_dir)
     assert 1 <= len(before) < 8
 
-    done = subprocess.run(_sweep_cmd(path, results), env=env, capture_output=True, text=True, timeout=400)
+    # the rerun, with two worker processes sharing out the remaining cells
+    done = subprocess.run(_sweep_cmd(path, results, "--workers", "2"), env=env, capture_output=True, text=True,
+                          timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"{len(before)} stored, 0 failed before (retried), {8 - len(before)} to compute" in done.stdout
+    lines = [line for line in done.stdout.splitlines() if re.match(r"\[\d+/8\] done ", line)]
+    assert len(lines) == 8 - len(before)                                          # each cell once
+    assert {line.rsplit("[worker ", 1)[1] for line in lines} <= {"0]", "1]"}
     manifest = json.loads((results / "sweep.json").read_text())
     keys = {c["key"] for c in manifest["cells"]}
     after = _snapshot(cells_dir)

@@ -15,8 +15,8 @@ how the token requests are run:
   budget (rows x padded length <= max_batch_tokens), no attention mask (as HFLM);
 * the output layer runs only on the scored (continuation) positions: a forward pre-hook on
   `model.get_output_embeddings()` gathers their hidden states (fallback: full logits, cut with
-  `logits_to_keep` where the forward takes it); log-probabilities (logit - logsumexp) are taken
-  in float32 on those rows only, and the sums / greedy checks are vectorized on the device, with
+  `logits_to_keep` where the forward takes it); float32 log-softmax is taken on those rows
+  only, and the sums / greedy checks are vectorized on the device, with
   one transfer at the end (rolling windows skip the greedy check, whose result HFLM discards);
 * loglikelihood_rolling uses lm-eval's own window functions (get_rolling_token_windows +
   make_disjoint_window, context_len 1, the model's max_length) and scores all windows of all
@@ -319,16 +319,16 @@ class QBenchLM(HFLM):
 
     @staticmethod
     def _accumulate(logits, tgt, who, ll_out, miss_out, greedy: bool = True, chunk: int = 8192) -> None:
-        """log p(target) = logit[target] - logsumexp(logits), in float32, for the scored positions'
-        logits [N, V]; per-request sums (float64) and greedy misses (argmax != target)."""
+        """Float32 log-softmax of the scored positions' logits [N, V] (in chunks of rows); per-request
+        sums (float64) and greedy misses (argmax != target)."""
         for s in range(0, logits.shape[0], chunk):
             sl = slice(s, s + chunk)
-            x = logits[sl].float()
+            lp = torch.log_softmax(logits[sl].float(), dim=-1)
             t = tgt[sl]
-            tok = x.gather(1, t[:, None]).squeeze(1) - torch.logsumexp(x, dim=-1)
-            ll_out.index_add_(0, who[sl], tok.double())
+            ll_out.index_add_(0, who[sl], lp.gather(1, t[:, None]).squeeze(1).double())
             if greedy:
-                miss_out.index_add_(0, who[sl], (x.argmax(dim=-1) != t).long())
+                miss_out.index_add_(0, who[sl], (lp.argmax(dim=-1) != t).long())
+            del lp
 
 
 def estimate_flops_tokens(stats: dict) -> str:

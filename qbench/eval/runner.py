@@ -145,6 +145,7 @@ def evaluate(model, tokenizer, tasks="paper", limit=None, batch_size=None, devic
             tm = task_manager(False, tasks_dir)
         with _quiet():
             lm = make_lm(model, tokenizer, scorer, batch_size, max_batch_tokens, max_length)
+            scoring = _time_scoring(lm)
             try:
                 results = simple_evaluate(model=lm, tasks=names, task_manager=tm, limit=limit,
                                           bootstrap_iters=bootstrap_iters, log_samples=False,
@@ -164,10 +165,32 @@ def evaluate(model, tokenizer, tasks="paper", limit=None, batch_size=None, devic
                "configs": {k: {kk: str(vv) for kk, vv in v.items() if kk in ("task", "dataset_kwargs",
                                                                              "test_split", "validation_split")}
                            for k, v in results.get("configs", {}).items()},
-               "seconds": seconds, "scorer": scorer, "online": online, "tasks": names, "limit": limit,
+               "seconds": seconds, "scoring_seconds": scoring["seconds"], "scorer": scorer, "online": online, "tasks": names, "limit": limit,
                "lm_eval_version": getattr(lm_eval, "__version__", None),
                "scorer_stats": dict(getattr(lm, "stats", {}))}
     return metrics, details
+
+
+def _time_scoring(lm) -> dict:
+    """Accumulate the wall time spent in the LM's scoring methods (the rest is lm-eval's own work:
+    building requests, metrics), synchronizing CUDA so that the time is the device's too."""
+    import torch
+
+    acc = {"seconds": 0.0}
+    for name in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+        method = getattr(lm, name)
+
+        def timed(*args, _method=method, **kwargs):
+            t = time.perf_counter()
+            try:
+                return _method(*args, **kwargs)
+            finally:
+                if torch.cuda.is_available() and torch.cuda.is_initialized():
+                    torch.cuda.synchronize()
+                acc["seconds"] += time.perf_counter() - t
+
+        setattr(lm, name, timed)
+    return acc
 
 
 @contextlib.contextmanager

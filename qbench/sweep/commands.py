@@ -12,13 +12,6 @@ def _positive(text: str) -> int:
     return value
 
 
-def _shard(text: str) -> tuple[int, int]:
-    i, n = (int(x) for x in text.split("/"))
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text}")
-    return i, n
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "sweep", help="run a sweep file: every (recipe, bits, model) cell plus the full-precision baselines",
@@ -41,7 +34,7 @@ def register(subparsers) -> None:
                    help="worker processes over disjoint cells; on CUDA one per GPU (CUDA_VISIBLE_DEVICES)")
     p.add_argument("--dry-run", action="store_true", help="validate, list the cells and their state, compute nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the per-cell lines stay)")
-    p.add_argument("--worker", type=_shard, default=None, help=argparse.SUPPRESS)   # I/N: internal
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)   # internal: a worker of --workers
     p.add_argument("--run-id", default=None, help=argparse.SUPPRESS)                # internal
     p.set_defaults(func=cmd_sweep)
 
@@ -52,7 +45,7 @@ def _fail(message: str) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .runner import ModelSource, new_run_id, plan, run_cells, run_workers, summary_text
+    from .runner import ModelSource, new_run_id, plan, run_cells, run_workers, serve_cells, summary_text
     from .spec import SweepError, expand, load_sweep, manifest
     from .store import Store
 
@@ -66,13 +59,9 @@ def cmd_sweep(args) -> int:
     p = plan(cells, store)
     todo = p.todo
 
-    if args.worker is not None:   # one worker of `--workers N`: its shard of the cells to compute
-        i, n = args.worker
-        shard = todo[i::n]
+    if args.serve:   # one worker of `--workers N`: computes the cells whose keys arrive on stdin
         source = ModelSource(sweep.softmax, sweep.softpick, sweep.dtype)
-        summary = run_cells(shard, store, source, run_id=args.run_id or new_run_id(), previous=p.previous,
-                            total=len(shard), cached=0, progress=False)
-        print(f"{len(summary.done)} done, {len(summary.failed)} failed", flush=True)
+        serve_cells(cells, store, source, run_id=args.run_id or new_run_id())
         return 0
 
     removed = store.clean_tmp()
@@ -93,23 +82,28 @@ def cmd_sweep(args) -> int:
         return 0
     store.write_manifest(manifest(sweep, cells))
     run_id = new_run_id()
-    if args.workers > 1 and len(todo) > 1:
-        argv = ["sweep", sweep.source, "--results", str(sweep.results_dir), "--device", sweep.device]
-        if args.limit is not None:
-            argv += ["--limit", str(args.limit)]
-        elif args.no_limit:
-            argv += ["--no-limit"]
-        if args.full_calib:
-            argv += ["--full-calib"]
-        try:
-            summary = run_workers(min(args.workers, len(todo)), argv, sweep, todo, store, run_id=run_id,
-                                  total=len(cells), cached=len(p.cached), progress=not args.no_progress)
-        except ValueError as err:
-            return _fail(str(err))
-    else:
-        source = ModelSource(sweep.softmax, sweep.softpick, sweep.dtype)
-        summary = run_cells(todo, store, source, run_id=run_id, previous=p.previous, total=len(cells),
-                            cached=len(p.cached), progress=not args.no_progress)
+    try:
+        if args.workers > 1 and len(todo) > 1:
+            argv = ["sweep", sweep.source, "--results", str(sweep.results_dir), "--device", sweep.device]
+            if args.limit is not None:
+                argv += ["--limit", str(args.limit)]
+            elif args.no_limit:
+                argv += ["--no-limit"]
+            if args.full_calib:
+                argv += ["--full-calib"]
+            try:
+                summary = run_workers(min(args.workers, len(todo)), argv, sweep, todo, store, run_id=run_id,
+                                      total=len(cells), cached=len(p.cached), progress=not args.no_progress)
+            except ValueError as err:
+                return _fail(str(err))
+        else:
+            source = ModelSource(sweep.softmax, sweep.softpick, sweep.dtype)
+            summary = run_cells(todo, store, source, run_id=run_id, previous=p.previous, total=len(cells),
+                                cached=len(p.cached), progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the finished cells are stored; run the same command again to resume",
+              file=sys.stderr)
+        return 130
     print(summary_text(summary, store))
     print(f"tables: qbench table {sweep.results_dir}   plots: qbench plot {sweep.results_dir}")
     return 0 if summary.ok else 1

@@ -297,16 +297,31 @@ class Summary:
         return not self.failed and not self.not_run
 
 
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def _writer(bar, log):
+    """Lines above the progress bar (stdout, flushed: it may be a pipe to tee) or plain lines."""
+    if bar.disable:
+        return log
+
+    def write(line: str) -> None:
+        bar.write(line, file=sys.stdout)
+        sys.stdout.flush()
+    return write
+
+
 def run_cells(todo: list[CellSpec], store: Store, source: ModelSource, *, run_id: str, previous: dict,
-              total: int, cached: int, progress: bool = True, prefix: str = "", log=print) -> Summary:
+              total: int, cached: int, progress: bool = True, log=_print) -> Summary:
     """Compute `todo` in this process, writing each record as soon as it is done."""
     from tqdm import tqdm
 
     summary = Summary(total=total, cached=cached)
     t_start = time.perf_counter()
     bar = tqdm(total=total, initial=cached, unit="cell", dynamic_ncols=True, disable=None if progress else True,
-               desc=prefix.strip() or "cells", file=sys.stderr)
-    write = (lambda s: tqdm.write(s, file=sys.stdout)) if not bar.disable else log
+               desc="cells", file=sys.stderr)
+    write = _writer(bar, log)
     computed_seconds = []
     try:
         for i, spec in enumerate(todo):
@@ -318,7 +333,7 @@ def run_cells(todo: list[CellSpec], store: Store, source: ModelSource, *, run_id
             computed_seconds.append(record["seconds"])
             left = len(todo) - i - 1
             eta = _fmt_seconds(sum(computed_seconds) / len(computed_seconds) * left) if left else None
-            position = f"{prefix}[{cached + i + 1}/{total}]"
+            position = f"[{cached + i + 1}/{total}]"
             write(cell_line(record, position, eta))
             bar.update(1)
     finally:
@@ -354,9 +369,11 @@ def worker_devices(n: int, device: str) -> list[dict]:
 
 
 def run_workers(n: int, worker_argv: list[str], sweep: Sweep, todo: list[CellSpec], store: Store, *,
-                run_id: str, total: int, cached: int, progress: bool = True, log=print) -> Summary:
-    """Run `todo` in `n` worker processes (`qbench sweep ... --worker i/n`), each over a disjoint
-    shard; the parent follows progress through the store and relays the workers' lines."""
+                run_id: str, total: int, cached: int, progress: bool = True, log=_print) -> Summary:
+    """Run `todo` in `n` worker processes (`qbench sweep ... --serve`, one per GPU on CUDA), handing
+    each idle worker the next cell key over its stdin, so no cell goes to two workers and a slow
+    cell does not hold up the others. Workers report `@@cell KEY LINE` after storing a cell and
+    `@@ready` when they want the next one; the parent draws the progress bar."""
     from tqdm import tqdm
 
     envs = worker_devices(n, sweep.device)
@@ -364,51 +381,75 @@ def run_workers(n: int, worker_argv: list[str], sweep: Sweep, todo: list[CellSpe
     t_start = time.perf_counter()
     bar = tqdm(total=total, initial=cached, unit="cell", dynamic_ncols=True, disable=None if progress else True,
                desc=f"{sweep.name} ({n} workers)", file=sys.stderr)
-    write = (lambda s: tqdm.write(s, file=sys.stdout)) if not bar.disable else log
+    write = _writer(bar, log)
     lock = threading.Lock()
+    queue = [c.key for c in todo]
+    labels = {c.key: c.label for c in todo}
+    running: dict[int, str | None] = {}
+    finished = []
     procs = []
     for i in range(n):
         env = {**os.environ, **envs[i], "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "qbench.cli", *worker_argv, "--worker", f"{i}/{n}", "--run-id", run_id]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      bufsize=1, preexec_fn=_set_pdeathsig if sys.platform == "linux" else None))
+        cmd = [sys.executable, "-m", "qbench.cli", *worker_argv, "--serve", "--run-id", run_id]
+        procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                      preexec_fn=_set_pdeathsig if sys.platform == "linux" else None))
 
-    def relay(i, proc):
-        for line in proc.stdout:
-            with lock:
-                write(f"[worker {i}] {line.rstrip()}")
+    def give_next(i: int, proc) -> None:
+        with lock:
+            key = queue.pop(0) if queue else None
+            running[i] = key
+            if key is not None:
+                bar.set_postfix_str(", ".join(labels[k] for k in running.values() if k), refresh=True)
+        try:
+            if key is None:
+                proc.stdin.close()
+            else:
+                proc.stdin.write(key + "\n")
+                proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
 
-    threads = [threading.Thread(target=relay, args=(i, p), daemon=True) for i, p in enumerate(procs)]
+    def serve(i: int, proc) -> None:
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            if line == "@@ready":
+                give_next(i, proc)
+            elif line.startswith("@@cell "):
+                _, key, text = line.split(" ", 2)
+                with lock:
+                    finished.append(key)
+                    done_now = len(finished)
+                    left = len(todo) - done_now
+                    elapsed = time.perf_counter() - t_start
+                    eta = _fmt_seconds(elapsed / done_now * left) if left else None
+                    write(f"[{cached + done_now}/{total}] {text}" + (f"  (ETA {eta})" if eta else "")
+                          + f"  [worker {i}]")
+                    bar.update(1)
+            elif line.strip():
+                with lock:
+                    write(f"[worker {i}] {line}")
+
+    threads = [threading.Thread(target=serve, args=(i, p), daemon=True) for i, p in enumerate(procs)]
     for t in threads:
         t.start()
-    finished = set()
     try:
-        while True:
-            running = any(p.poll() is None for p in procs)
-            for spec in todo:
-                if spec.key in finished:
-                    continue
-                record = store.read(spec.key)
-                if record is not None and record.get("run_id") == run_id:
-                    finished.add(spec.key)
-                    with lock:
-                        bar.set_postfix_str(f"last: {spec.label}", refresh=False)
-                        bar.update(1)
-            if not running:
-                break
-            time.sleep(0.5)
+        for t in threads:
+            while t.is_alive():
+                t.join(timeout=0.5)
+        for p in procs:
+            p.wait()
     except BaseException:
         for p in procs:
             if p.poll() is None:
                 p.terminate()
         raise
     finally:
-        for t in threads:
-            t.join(timeout=5)
         bar.close()
     for i, p in enumerate(procs):
         if p.returncode != 0:
-            log(f"worker {i} exited with status {p.returncode}")
+            lost = running.get(i)
+            log(f"worker {i} exited with status {p.returncode}" + (f" while computing {labels[lost]}" if lost else ""))
     for spec in todo:
         record = store.read(spec.key)
         if record is None or record.get("run_id") != run_id:
@@ -419,6 +460,35 @@ def run_workers(n: int, worker_argv: list[str], sweep: Sweep, todo: list[CellSpe
             summary.failed.append(record)
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def serve_cells(cells: list[CellSpec], store: Store, source: ModelSource, run_id: str, stdin=None,
+                stdout=None) -> int:
+    """Worker side of `run_workers`: compute the cells whose keys arrive on stdin, one per line."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    by_key = {c.key: c for c in cells}
+    computed = 0
+
+    def say(text: str) -> None:
+        stdout.write(text + "\n")
+        stdout.flush()
+
+    say("@@ready")
+    for raw in stdin:
+        key = raw.strip()
+        spec = by_key.get(key)
+        if spec is None:
+            say(f"unknown cell key {key!r} (the sweep file changed?)")
+        else:
+            previous = store.read(key)
+            if previous is None or previous["status"] != "done":
+                attempt = (previous or {}).get("attempt", 0) + 1
+                record = compute_cell(spec, source, run_id=run_id, attempt=attempt)
+                store.write(record)
+                computed += 1
+                say(f"@@cell {key} {cell_line(record)}")
+        say("@@ready")
+    return computed
 
 
 def new_run_id() -> str:

@@ -41,6 +41,9 @@ LOG=$RESULTS/run_sweep.log
 
 status=0
 $QB sweep "$SWEEP" --results "$RESULTS" --workers "$WORKERS" "$@" | tee -a "$LOG" || status=$?
+if [ "$status" -ge 2 ]; then   # the sweep file or an option is wrong, or it was interrupted: nothing to table
+  exit "$status"
+fi
 $QB table "$RESULTS" | tee -a "$LOG"
 $QB plot "$RESULTS" | tee -a "$LOG"
 echo "== run_sweep.sh finished in $((SECONDS / 60))m$((SECONDS % 60))s (sweep exit status $status)" | tee -a "$LOG"

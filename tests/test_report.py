@@ -128,9 +128,14 @@ def test_summary_says_who_survives(results):
     md = tables.write_tables(results)["summary.md"].read_text()
     assert "| rtn | softpick 2:0 (1 n.s.) | failed |" in md
     assert "| w4a8-rtn |  | — |" in md
+    # held-out perplexity (no stderr, so not in the verdicts): growth from each model's own FP
+    assert "| rtn | x20.00 / x2.86 | x1.02 / failed |" in md
+    assert "| w4a8-rtn |  | x1.15 / — |" in md
     assert "at most 40 examples per task" in md
     rows = _rows(results / "tables" / "summary.csv")
     assert [r["verdict"] for r in rows] == ["softpick", "failed", "—"]
+    assert float(rows[0]["qb_heldout_ppl:word_perplexity:ratio_to_fp:softmax"]) == 400.0 / 20.0
+    assert rows[1]["qb_heldout_ppl:word_perplexity:ratio_to_fp:softpick"] == "failed"
 
 
 def test_without_manifest_grid_comes_from_cells(results):
@@ -146,6 +151,7 @@ def test_cli_table_and_plot(results, tmp_path, capsys):
     assert main(["table", str(results)]) == 0
     out = capsys.readouterr().out
     assert "softpick 2:0" in out and "cells: 6 done, 1 failed, 1 missing" in out
+    assert "x20.00 / x2.86" in out
     assert main(["plot", str(results)]) == 0
     pngs = sorted(p.name for p in (results / "plots").glob("*.png"))
     assert pngs == sorted(["metrics_vs_bits.png", "qb_arc_easy_acc.png", "qb_arc_easy_acc_norm.png",

@@ -20,7 +20,7 @@ from qbench.sweep import SweepError, expand, load_sweep
 from qbench.sweep import spec as spec_module
 from qbench.sweep.store import Store, atomic_write_text
 
-from conftest import save_tiny
+from conftest import TINY, save_tiny
 
 TASKS = ["qb_arc_easy", "qb_heldout_ppl"]
 WORDS = ("the quick brown fox jumps over the lazy dog a bird in the hand is worth two in the bush "
@@ -106,12 +106,21 @@ def test_grid_expansion(tiny_pair, tmp_path):
     assert again.key == c.key and again.recipe.to_dict() == c.recipe.to_dict()
 
 
-def test_cpu_limit_applies_on_cpu_only(tiny_pair, tmp_path):
-    path = write_sweep(tmp_path, tiny_pair, [{"recipe": "rtn", "bits": [4]}], limit=None, cpu_limit=5)
+def test_cpu_limit_and_cpu_calib_apply_on_cpu(tiny_pair, tmp_path, calib_text):
+    path = write_sweep(tmp_path, tiny_pair, [{"recipe": "rtn", "bits": [4]}, {"recipe": "gptq", "bits": [4]}],
+                       limit=None, cpu_limit=5, cpu_calib={"samples": 4, "seq_len": 32},
+                       calibration_text=str(calib_text))
     sweep = load_sweep(path, check_store=False)
     assert sweep.effective_limit == 5 and "cpu_limit" in sweep.limit_note()
     assert load_sweep(path, check_store=False, limit=2).effective_limit == 2
     assert load_sweep(path, check_store=False, no_limit=True).effective_limit is None
+    gptq = sweep.grid[1].recipe
+    assert gptq.calib == {"samples": 4, "seq_len": 32, "seed": 0} and "16" not in sweep.calib_note()
+    assert "4 x 32 tokens" in sweep.calib_note() and sweep.grid[0].recipe.calib is None
+    full = load_sweep(path, check_store=False, full_calib=True)
+    assert full.grid[1].recipe.calib == {"samples": 128, "seq_len": 512, "seed": 0} and not full.calib_note()
+    small, big = expand(sweep), expand(full)
+    assert [a.key == b.key for a, b in zip(small, big)] == [True] * 4 + [False] * 2   # only gptq's cells
 
 
 def test_keys_change_with_every_input_and_only_then(tiny_pair, tokenizer, tmp_path, calib_text, monkeypatch):
@@ -344,3 +353,23 @@ def test_failed_cell_is_isolated_retried_and_tabled(tiny_pair, tmp_path, capsys)
         if row["recipe"] == "bad-rtn" and row["bits"] == "4":
             assert row["softmax"] == row["softpick"] == "failed"
     assert (results / "plots" / "metrics_vs_bits.png").exists()
+
+
+def test_nan_model_cells_fail_and_the_rest_run(tiny_pair, tokenizer, tmp_path, capsys):
+    """A model that produces NaN: its cells are stored as failed (NaN metrics, or the quantizer's
+    non-finite check), the other model's cells are done."""
+    import torch
+
+    from qbench.model import new_model, save_checkpoint
+
+    model = new_model("softpick", seed=0, **TINY)
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if n.endswith("o_proj.weight"))[0, 0] = float("nan")
+    save_checkpoint(model, tokenizer, tmp_path / "nan_softpick")
+    path = write_sweep(tmp_path, (tiny_pair[0], tmp_path / "nan_softpick"), [{"recipe": "rtn", "bits": [8]}], limit=2)
+    assert main(["sweep", str(path), "--results", str(tmp_path / "r"), "--no-progress"]) == 1
+    assert "4 cells: 2 done (0 already stored, 2 computed now), 2 failed" in capsys.readouterr().out
+    records = Store(tmp_path / "r").records().values()
+    assert {r["model"]["kind"] for r in records if r["status"] == "done"} == {"softmax"}
+    failed = {r["recipe"] is None: r["error"] for r in records if r["status"] == "failed"}
+    assert "NaN" in failed[True] and "non-finite" in failed[False]

@@ -66,8 +66,13 @@ def _panel(ax, grid: Grid, task: str, metric: str, colours: dict) -> None:
 def _colours(grid: Grid) -> dict:
     import matplotlib
 
-    cmap = matplotlib.colormaps["tab20" if len(grid.recipes) > 10 else "tab10"]
-    return {r["name"]: cmap(i % cmap.N) for i, r in enumerate(grid.recipes)}
+    # grey is left out: it draws the full-precision lines
+    if len(grid.recipes) <= 9:
+        cmap, order = matplotlib.colormaps["tab10"], [i for i in range(10) if i != 7]
+    else:   # the strong hues of tab20 first, then their light versions
+        cmap = matplotlib.colormaps["tab20"]
+        order = [i for i in range(0, 20, 2) if i != 14] + [i for i in range(1, 20, 2) if i != 15]
+    return {r["name"]: cmap(order[i % len(order)]) for i, r in enumerate(grid.recipes)}
 
 
 def _legend(fig_or_ax, grid: Grid, colours: dict, **kw):

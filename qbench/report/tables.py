@@ -8,7 +8,8 @@
              own full precision, each with its standard error (the two errors combined as
              independent: sqrt(se1^2 + se2^2)); `*` marks a difference larger than that error.
 (c) summary: one line per recipe, one column per bit width: which attention survives the
-             quantizer better, counted over the task metrics (see `survival`).
+             quantizer better, counted over the task metrics (see `survival`); then, per
+             perplexity metric, each model's perplexity as a multiple of its own full precision.
 A missing cell shows as "—", a failed one as "failed"; never as a number. The Markdown and
 LaTeX captions state the example limit per task when one was used. The CSV files are long
 format with the stored numbers as they are (accuracies as fractions), one row per
@@ -267,6 +268,51 @@ def summary_table(grid: Grid) -> Table:
                  ["recipe"] + [f"{b}-bit" for b in widths], rows)
 
 
+def ppl_ratio(grid: Grid, kind: str, recipe: dict, bits: int, task: str, metric: str) -> tuple[float | None, str | None]:
+    """(quantized / own full precision, status text if a cell is not done) of a perplexity."""
+    fp_e, q_e = grid.baseline(kind), grid.entry(kind, recipe["name"], bits)
+    for e in (fp_e, q_e):
+        status = _status_text(e)
+        if status is not None:
+            return None, status
+    (fp, _), (q, _) = fp_e.value(task, metric), q_e.value(task, metric)
+    if fp is None or q is None or fp <= 0:
+        return None, MISSING
+    return q / fp, None
+
+
+def _ratio_text(r: float | None, status: str | None) -> str:
+    if status is not None:
+        return status
+    return f"x{r:.2f}" if math.isfinite(r) else "inf"
+
+
+def ppl_ratio_tables(grid: Grid) -> list[Table]:
+    """Per perplexity metric: how many times its full-precision perplexity each model has after
+    quantization (softmax / softpick), recipes x bits. Read with the verdicts: these metrics
+    often have no standard error (word perplexity), so the verdicts cannot count them."""
+    widths = sorted({b for r in grid.recipes for b in r["bits"]})
+    out = []
+    for task, metric in grid.rows():
+        if is_accuracy(metric):
+            continue
+        rows = []
+        for recipe in grid.recipes:
+            row = [recipe["name"]]
+            for b in widths:
+                if b not in recipe["bits"]:
+                    row.append("")
+                    continue
+                sm, sp = (_ratio_text(*ppl_ratio(grid, k, recipe, b, task, metric)) for k in KINDS)
+                row.append(f"{sm} / {sp}")
+            rows.append(row)
+        caption = (f"{grid.caption()} Entry: quantized perplexity as a multiple of the same model's full-precision "
+                   f"perplexity, softmax / softpick (smaller = survived better).")
+        out.append(Table(f"{metric_label(task, metric)}: growth from full precision", caption,
+                         ["recipe"] + [f"{b}-bit" for b in widths], rows))
+    return out
+
+
 # ----------------------------------------------------------------------------- rendering
 def to_markdown(tables: list[Table], heading: str) -> str:
     out = [f"# {heading}", ""]
@@ -368,12 +414,20 @@ def deltas_csv(grid: Grid) -> str:
 
 
 def summary_csv(grid: Grid) -> str:
+    ppl = [(t, m) for t, m in grid.rows() if not is_accuracy(m)]
     rows = []
     for recipe in grid.recipes:
         for b in sorted(recipe["bits"]):
             s = survival(grid, recipe, b)
-            rows.append([recipe["name"], b, s.verdict, s.softpick, s.softmax, s.unclear])
-    return _csv_text(["recipe", "bits", "verdict", "softpick_better", "softmax_better", "not_significant"], rows)
+            row = [recipe["name"], b, s.verdict, s.softpick, s.softmax, s.unclear]
+            for task, metric in ppl:
+                for k in KINDS:
+                    r, status = ppl_ratio(grid, k, recipe, b, task, metric)
+                    row.append(status if status is not None else repr(r))
+            rows.append(row)
+    header = ["recipe", "bits", "verdict", "softpick_better", "softmax_better", "not_significant"]
+    header += [f"{task}:{metric}:ratio_to_fp:{k}" for task, metric in ppl for k in KINDS]
+    return _csv_text(header, rows)
 
 
 def write_tables(results_dir) -> dict[str, Path]:
@@ -381,7 +435,7 @@ def write_tables(results_dir) -> dict[str, Path]:
     grid = load_grid(results_dir)
     out_dir = Path(results_dir) / "tables"
     out_dir.mkdir(parents=True, exist_ok=True)
-    paper, deltas, summary = paper_tables(grid), delta_tables(grid), [summary_table(grid)]
+    paper, deltas, summary = paper_tables(grid), delta_tables(grid), [summary_table(grid), *ppl_ratio_tables(grid)]
     texts = {
         "paper.md": to_markdown(paper, f"{grid.name}: quantized softmax / softpick (paper layout)"),
         "paper.tex": to_latex(paper, f"{grid.name}: paper layout"),
@@ -401,13 +455,19 @@ def write_tables(results_dir) -> dict[str, Path]:
 
 
 def summary_screen(results_dir) -> str:
-    """The summary table as plain text for the terminal."""
+    """The summary for the terminal: the verdicts and the last perplexity's growth (the held-out
+    perplexity in the paper's task set)."""
     grid = load_grid(results_dir)
-    t = summary_table(grid)
-    widths = [max(len(str(r[i])) for r in [t.header] + t.rows) for i in range(len(t.header))]
-    lines = [f"{t.title} ({grid.caption().rstrip('.')})"]
-    for r in [t.header] + t.rows:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    lines = [grid.caption()]
+    ratios = ppl_ratio_tables(grid)
+    for t in [summary_table(grid)] + ratios[-1:]:
+        widths = [max(len(str(r[i])) for r in [t.header] + t.rows) for i in range(len(t.header))]
+        lines.append("")
+        lines.append(t.title + (" (verdict softpick:softmax = metrics where that model lost significantly less)"
+                                if t.title.startswith("Which") else " (softmax / softpick)"))
+        for r in [t.header] + t.rows:
+            lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    lines.append("")
     done = sum(1 for e in grid.entries.values() if e.status == "done")
     failed = sum(1 for e in grid.entries.values() if e.status == "failed")
     lines.append(f"cells: {done} done, {failed} failed, {len(grid.entries) - done - failed} missing"

@@ -49,9 +49,11 @@ def cmd_sweep(args) -> int:
     from .spec import SweepError, expand, load_sweep, manifest
     from .store import Store
 
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)   # lines appear as they happen, also through a pipe (tee)
     try:
         sweep = load_sweep(args.sweep_file, results_dir=args.results, device=args.device, limit=args.limit,
-                           no_limit=args.no_limit, full_calib=args.full_calib)
+                           no_limit=args.no_limit, full_calib=args.full_calib, check_store=not args.dry_run)
     except SweepError as err:
         return _fail(str(err))
     cells = expand(sweep)
@@ -99,9 +101,9 @@ def cmd_sweep(args) -> int:
         else:
             source = ModelSource(sweep.softmax, sweep.softpick, sweep.dtype)
             summary = run_cells(todo, store, source, run_id=run_id, previous=p.previous, total=len(cells),
-                                cached=len(p.cached), progress=not args.no_progress)
+                                cached=len(p.cached), progress=not args.no_progress, desc=sweep.name)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: the finished cells are stored; run the same command again to resume",
+        print("\ninterrupted: the finished cells are stored; run the same command again to resume",
               file=sys.stderr)
         return 130
     print(summary_text(summary, store))

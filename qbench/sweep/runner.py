@@ -7,7 +7,13 @@ atomically written file per cell) is the only state shared between processes. An
 can run `compute_cell(CellSpec.from_dict(d), ModelSource(...))` on a worker and write the record
 with `Store.write` (Ray tasks, a cluster scheduler's array jobs, ...) can dispatch the cells of
 `expand(sweep)` without a redesign; `--workers N` is the one-host version of this (one process
-per GPU, disjoint shards of the pending cells, progress read back from the store).
+per GPU, each handed the next pending cell's key when it is idle, so no cell runs twice).
+
+Reproducibility: the key holds every input a cell's numbers depend on; it does not hold the
+floating-point reduction order, which the number of CPU threads, the CPU's instruction set or
+the GPU's kernels can change. Recomputing a cell under another thread count (e.g. `--workers 2`,
+one thread each, instead of one process with two) can move its last digits, and GPTQ, which
+rounds column by column, can amplify that; each record states the thread count it ran with.
 
 Per process, the pair is loaded once (lazily: not at all when every cell is cached); each cell
 quantizes a fresh copy of its model. A cell that raises (library error, out of memory, NaN) is
@@ -23,6 +29,7 @@ import io
 import math
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -113,13 +120,16 @@ def base_record(spec: CellSpec, run_id: str | None = None, attempt: int = 1) -> 
         "finished_at": None,
         "run_id": run_id,
         "attempt": attempt,
-        "host": {"platform": platform.platform(), "python": platform.python_version(),
-                 "cpus": os.cpu_count(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
+        "host": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+                 "torch_threads": _torch_threads(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
         "error": None,
         "traceback": None,
         "log": None,
         "identity": ident,
     }
+
+
+_PROGRESS = re.compile(r"\d+%\|.*\|")   # progress-bar lines are left out of a cell's log
 
 
 class _Tail(io.TextIOBase):
@@ -144,7 +154,34 @@ class _Tail(io.TextIOBase):
 
     def getvalue(self) -> str:
         lines = [line.split("\r")[-1].rstrip() for line in self.text.split("\n")]
-        return "\n".join(line for line in lines if line)[-self.limit:]
+        return "\n".join(line for line in lines if line and not _PROGRESS.search(line))[-self.limit:]
+
+
+@contextlib.contextmanager
+def _library_warnings_to(stream):
+    """Log records of transformers (which logs through its own handler on the real stderr) go to
+    `stream` too, i.e. into the cell's log rather than between the sweep's lines."""
+    import logging
+
+    logger = logging.getLogger("transformers")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+    saved = logger.propagate, logger.handlers[:]
+    logger.handlers = [handler]
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.propagate, logger.handlers = saved[0], saved[1]
+
+
+def _torch_threads() -> int | None:
+    try:
+        import torch
+
+        return torch.get_num_threads()
+    except Exception:  # pragma: no cover
+        return None
 
 
 def _check_finite(metrics: dict) -> None:
@@ -165,7 +202,7 @@ def compute_cell(spec: CellSpec, source: ModelSource, run_id: str | None = None,
     t0, cpu0 = time.perf_counter(), time.process_time()
     output = _Tail()
     try:
-        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output), _library_warnings_to(output):
             _compute(spec, source, record)
         _check_finite(record["metrics"])
         record["status"] = "done"
@@ -313,14 +350,14 @@ def _writer(bar, log):
 
 
 def run_cells(todo: list[CellSpec], store: Store, source: ModelSource, *, run_id: str, previous: dict,
-              total: int, cached: int, progress: bool = True, log=_print) -> Summary:
+              total: int, cached: int, progress: bool = True, desc: str = "cells", log=_print) -> Summary:
     """Compute `todo` in this process, writing each record as soon as it is done."""
     from tqdm import tqdm
 
     summary = Summary(total=total, cached=cached)
     t_start = time.perf_counter()
     bar = tqdm(total=total, initial=cached, unit="cell", dynamic_ncols=True, disable=None if progress else True,
-               desc="cells", file=sys.stderr)
+               desc=desc, file=sys.stderr)
     write = _writer(bar, log)
     computed_seconds = []
     try:

@@ -8,7 +8,7 @@ A sweep file (`recipes/paper.yaml`, `recipes/full.yaml`):
       softpick: checkpoints/tiny/softpick
     tasks: paper                     # a task-set name, a task name, or a list of them (qbench.eval)
     limit: null                      # examples per task; null = all
-    cpu_limit: 40                    # examples per task when the sweep runs on CPU (null = `limit`)
+    cpu_limit: 20                    # examples per task when the sweep runs on CPU (null = `limit`)
     cpu_calib: {samples: 16, seq_len: 256}   # calibration batch of calibrating recipes on CPU
                                      # (null = each recipe's own `calib`)
     calibration_text: checkpoints/tiny/heldout/heldout_calib.txt.gz   # for recipes that calibrate
@@ -207,7 +207,9 @@ def load_sweep(path, *, results_dir=None, device: str | None = None, limit: int 
                no_limit: bool = False, full_calib: bool = False, check_store: bool = True) -> Sweep:
     """Parse and validate a sweep file (and command-line overrides); raises SweepError.
 
-    Runs every check that can fail before a cell runs, in the order of the file's fields.
+    Runs every check that can fail before a cell runs (recipes and bits, tasks and their data,
+    limits, evaluation settings, device and dtype, the pair, the calibration text, the results
+    folder); `check_store=False` leaves the results folder alone (dry runs, tests).
     """
     data, source = read_sweep_file(path)
     from .. import quant

@@ -212,13 +212,34 @@ def compute_cell(spec: CellSpec, source: ModelSource, run_id: str | None = None,
         record["traceback"] = traceback.format_exc()
     finally:
         gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        cuda_error = _release_cuda_memory(torch)
+    if cuda_error:  # a sticky CUDA error (e.g. illegal memory access): store the cell, then this process stops
+        record["status"] = "failed"
+        record["error"] = record["error"] or f"CUDA context lost: {cuda_error}"
+        record["cuda_context_lost"] = True
     record["seconds"] = time.perf_counter() - t0
     record["timing"]["cpu_seconds"] = time.process_time() - cpu0
     record["log"] = output.getvalue()
     record["finished_at"] = _now()
     return record
+
+
+def _release_cuda_memory(torch) -> str | None:
+    """Free cached CUDA memory; the error text if the CUDA context is unusable after the cell."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    except Exception as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def stop_if_cuda_lost(record: dict) -> None:
+    """After storing a cell that broke the CUDA context, no further cell can run in this process."""
+    if record.get("cuda_context_lost"):
+        raise SystemExit(f"CUDA context lost while computing {record['key']} (stored as failed); rerun the sweep")
 
 
 def _compute(spec: CellSpec, source: ModelSource, record: dict) -> None:
@@ -366,6 +387,7 @@ def run_cells(todo: list[CellSpec], store: Store, source: ModelSource, *, run_id
             attempt = previous.get(spec.key, {}).get("attempt", 0) + 1
             record = compute_cell(spec, source, run_id=run_id, attempt=attempt)
             store.write(record)
+            stop_if_cuda_lost(record)
             (summary.done if record["status"] == "done" else summary.failed).append(record)
             computed_seconds.append(record["seconds"])
             left = len(todo) - i - 1
@@ -522,6 +544,7 @@ def serve_cells(cells: list[CellSpec], store: Store, source: ModelSource, run_id
                 attempt = (previous or {}).get("attempt", 0) + 1
                 record = compute_cell(spec, source, run_id=run_id, attempt=attempt)
                 store.write(record)
+                stop_if_cuda_lost(record)
                 computed += 1
                 say(f"@@cell {key} {cell_line(record)}")
         say("@@ready")

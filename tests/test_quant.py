@@ -17,15 +17,6 @@ CALIB = {"samples": 8, "seq_len": 32, "seed": 0}
 N_LINEAR_IN_BLOCKS = 14  # 2 blocks x (q, k, v, o, gate, up, down)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster, and far faster on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @functools.lru_cache(maxsize=None)
 def base_model():
     return new_model("softmax", seed=0, **TINY)

@@ -7,15 +7,6 @@ from qbench.quant.gptq import Hessian, gptq_quantize
 from qbench.quant.rtn import rtn_weight
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster, and far faster on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def rel(X, A, W):
     return float((X @ A.T - X @ W.T).norm() / (X @ W.T).norm())
 

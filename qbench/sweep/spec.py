@@ -44,6 +44,7 @@ from typing import Any
 import yaml
 
 from .. import paths
+from ..files import file_sha256
 
 KEY_SCHEMA = 1           # bump when the identity's layout changes
 KEY_LENGTH = 20          # hex digits of sha256 kept as the cell key
@@ -391,14 +392,6 @@ def canonical_json(obj) -> str:
 
 def key_of(identity: dict) -> str:
     return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:KEY_LENGTH]
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _dist(name: str) -> str | None:

@@ -35,6 +35,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from qbench.files import file_sha256, make_writable_dir
 from qbench.paths import CORPUS_DIR, DOWNLOADS_DIR
 
 DOC_SEPARATOR = "\u241e"                 # SYMBOL FOR RECORD SEPARATOR, alone on its line
@@ -672,7 +673,7 @@ def write_corpus(out_dir, texts: list[tuple[str, list[str]]], sources: list[dict
         path = out_dir / f"{split}.txt"
         _write_atomic(path, DOC_LINE.join(docs) + "\n")
         files[path.name] = {"documents": len(docs), "bytes": path.stat().st_size,
-                            "sha256": _sha256(path)}
+                            "sha256": file_sha256(path)}
     manifest = {
         "format": f"UTF-8 text; documents separated by a line holding only U+241E ({DOC_SEPARATOR!s})",
         "split_rule": f"sha256(\"<source>/<index>\")[:8] / 2**64 < {heldout_fraction / 2}: heldout_calib, "
@@ -689,15 +690,10 @@ def write_corpus(out_dir, texts: list[tuple[str, list[str]]], sources: list[dict
 
 
 def _writable(out_dir) -> Path:
-    out_dir = Path(out_dir)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
+        return make_writable_dir(out_dir)
     except OSError as err:
         raise CorpusError(f"cannot write the corpus to {out_dir}: {err}") from err
-    return out_dir
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -705,14 +701,6 @@ def _write_atomic(path: Path, text: str) -> None:
     with open(tmp, "w", encoding="utf-8", newline="") as f:
         f.write(text)
     os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 if __name__ == "__main__":

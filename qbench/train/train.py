@@ -32,6 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..files import file_sha256, make_writable_dir
 from ..paths import CORPUS_DIR, REPO_ROOT
 from .presets import COMMON, PRESETS
 
@@ -95,8 +96,8 @@ def default_token_file(corpus_dir: Path | None = None, tokenizer_dir: Path | Non
     if not (tokenizer_dir / "tokenizer.json").is_file():
         raise corpus_missing(tokenizer_dir / "tokenizer.json")
     cache = corpus_dir / TOKEN_CACHE
-    made_from = {"train_txt_sha256": _file_sha256(train_txt),
-                 "tokenizer_json_sha256": _file_sha256(tokenizer_dir / "tokenizer.json")}
+    made_from = {"train_txt_sha256": file_sha256(train_txt),
+                 "tokenizer_json_sha256": file_sha256(tokenizer_dir / "tokenizer.json")}
     if cache.is_file() and _read_sidecar(cache) is not None:
         if {k: _read_sidecar(cache).get(k) for k in made_from} == made_from:
             return cache
@@ -130,7 +131,7 @@ def check_token_file(token_file: Path, tokenizer_dir: Path) -> None:
     made_from = _read_sidecar(token_file)
     tokenizer_json = Path(tokenizer_dir) / "tokenizer.json"
     if made_from and made_from.get("tokenizer_json_sha256") and tokenizer_json.is_file():
-        if made_from["tokenizer_json_sha256"] != _file_sha256(tokenizer_json):
+        if made_from["tokenizer_json_sha256"] != file_sha256(tokenizer_json):
             raise TrainError(f"token file {token_file} was encoded with another tokenizer than {tokenizer_dir} "
                              f"(see {_sidecar(token_file)}); encode it again (delete it and run without --tokens)")
 
@@ -143,10 +144,7 @@ def prepare_out_dir(out: Path, overwrite: bool) -> Path:
     if not overwrite and out.is_dir() and any((out / name).exists() for name in CHECKPOINT_FILES):
         raise TrainError(f"output folder {out} already holds a checkpoint; pass --overwrite to replace it")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-probe-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
+        make_writable_dir(out)
     except OSError as err:
         raise TrainError(f"output folder {out} is not writable: {err.strerror or err}") from None
     return out
@@ -417,14 +415,6 @@ def _show_path(path) -> str:
         return str(path)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclass
 class Inputs:
     tokens: Path
@@ -613,9 +603,9 @@ def train_model(spec: RunSpec, inputs: Inputs | None = None):
         "versions": _versions(),
         "git_commit": _git_commit(),
         "token_file": {"path": _show_path(inputs.tokens), "tokens": int(len(tokens)),
-                       "sha256": _file_sha256(inputs.tokens), "made_from": _read_sidecar(inputs.tokens)},
+                       "sha256": file_sha256(inputs.tokens), "made_from": _read_sidecar(inputs.tokens)},
         "tokenizer": {"path": _show_path(inputs.tokenizer),
-                      "tokenizer_json_sha256": _file_sha256(Path(inputs.tokenizer) / "tokenizer.json")
+                      "tokenizer_json_sha256": file_sha256(Path(inputs.tokenizer) / "tokenizer.json")
                       if (Path(inputs.tokenizer) / "tokenizer.json").is_file() else None},
         "init_hash": init_hash,
         "data_order_hash": order.hexdigest()[:16],

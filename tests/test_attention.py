@@ -76,3 +76,22 @@ def test_right_padding_detection():
 def test_unknown_kind():
     with pytest.raises(ValueError, match="unknown attention kind"):
         attend(torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4), "linear")
+
+
+def test_quantized_activation_tensors_become_plain_for_the_kernel():
+    """quanto's activation quantizers hand attention an ActivationQBytesTensor as v; the Triton
+    kernel would read its int8 storage as values (a CUDA illegal memory access on an H200)."""
+    from optimum.quanto import qint8
+    from optimum.quanto.tensor import quantize_activation
+
+    from qbench.attention import plain_tensor
+    from qbench.attention.triton_softpick import _check
+
+    v = torch.randn(1, 2, 8, 32)
+    qv = quantize_activation(v, qtype=qint8, scale=v.abs().max() / 127)
+    assert type(qv) is not torch.Tensor
+    with pytest.raises(TypeError, match="plain tensors"):
+        _check(v, v, qv)
+    plain = plain_tensor(qv)
+    assert type(plain) is torch.Tensor and torch.allclose(plain, v, atol=v.abs().max().item() / 100)
+    assert plain_tensor(v) is v

@@ -44,8 +44,18 @@ def attend(q, k, v, kind: str, key_mask=None, need_weights: bool = False):
 
         lengths = right_padded_lengths(key_mask)
         if triton_softpick.is_available() and (key_mask is None or lengths is not None):
+            q, k, v = (plain_tensor(t) for t in (q, k, v))
             return triton_softpick.softpick_attention(q, k, v, seq_lens=lengths), None
     return softpick_reference(q, k, v, key_mask), None
+
+
+def plain_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A kernel reads raw memory, so a tensor subclass must become a plain tensor first: quanto's
+    activation quantizers hand over quantized tensors (ActivationQBytesTensor), whose raw
+    memory is int8 data, not values (an illegal memory access in the kernel, seen on an H200)."""
+    if type(t) is torch.Tensor:
+        return t
+    return t.dequantize() if hasattr(t, "dequantize") else t.as_subclass(torch.Tensor)
 
 
 def _sdpa_softmax(q, k, v, key_mask):

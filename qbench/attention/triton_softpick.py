@@ -417,6 +417,10 @@ def _lastdim_contiguous(x):
 
 
 def _check(q, k, v):
+    subclasses = sorted({type(t).__name__ for t in (q, k, v) if type(t) is not torch.Tensor})
+    if subclasses:
+        raise TypeError(f"the softpick kernel reads raw memory and needs plain tensors, got {subclasses} "
+                        "(qbench.attention.plain_tensor converts them)")
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("q, k, v must be [B, H, T, D]")
     b, h, t, d = q.shape

@@ -105,6 +105,7 @@ class Method:
     bits: ClassVar[tuple[int, ...]]           # widths the method supports
     code_version: ClassVar[str] = "1"         # bump when the method's math changes
     libraries: ClassVar[tuple[str, ...]] = () # distributions whose versions go into cell keys
+    imports: ClassVar[tuple[str, ...]] = ()   # modules that must import for the method to run
     weight_fields: ClassVar[dict[str, Field]] = {}
     activation_fields: ClassVar[dict[str, Field] | None] = None  # None: no `activation:` section
     activation_required: ClassVar[bool] = False
@@ -148,6 +149,11 @@ class Method:
                 _dist_version(lib)
             except Exception as e:  # pragma: no cover - depends on the environment
                 raise MethodUnavailable(f"method {self.name!r} needs the library {lib!r}: {e}") from e
+        for module in self.imports:
+            try:
+                importlib.import_module(module)
+            except Exception as e:  # pragma: no cover - depends on the environment
+                raise MethodUnavailable(f"method {self.name!r}: cannot import {module}: {e}") from e
 
     def apply(self, model: nn.Module, names: list[str], recipe, bits: int,
               calib: torch.Tensor | None) -> dict:

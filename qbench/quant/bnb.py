@@ -22,6 +22,7 @@ class BNB(LayerwiseMethod):
     bits = (8, 4)
     code_version = CODE_VERSION
     libraries = ("bitsandbytes",)
+    imports = ("bitsandbytes",)
     weight_fields = {
         "quant_type": Field(str, default=None, nullable=True, choices=("nf4", "fp4"),
                             doc="4-bit data type (required when the recipe lists 4 bits)"),
@@ -40,10 +41,6 @@ class BNB(LayerwiseMethod):
 
     def check_available(self, recipe, device):
         super().check_available(recipe, device)
-        try:
-            import bitsandbytes  # noqa: F401
-        except Exception as e:  # pragma: no cover
-            raise MethodUnavailable(f"method 'bnb': cannot import bitsandbytes: {e}") from e
         if device.type not in ("cpu", "cuda", "xpu"):
             raise MethodUnavailable(f"method 'bnb': bitsandbytes has no path on {device.type}")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Field, LayerwiseMethod, MethodUnavailable, register, storage_bits
+from .base import Field, LayerwiseMethod, register, storage_bits
 
 CODE_VERSION = "1"
 
@@ -30,16 +30,10 @@ class HQQ(LayerwiseMethod):
     bits = (8, 4, 3, 2)
     code_version = CODE_VERSION
     libraries = ("hqq",)
+    imports = ("hqq.core.quantize",)
     weight_fields = {
         "group_size": Field(int, min=1, doc="input columns per scale/zero group"),
     }
-
-    def check_available(self, recipe, device):
-        super().check_available(recipe, device)
-        try:
-            from hqq.core.quantize import HQQLinear  # noqa: F401
-        except Exception as e:  # pragma: no cover
-            raise MethodUnavailable(f"method 'hqq': cannot import hqq.core.quantize: {e}") from e
 
     @torch.no_grad()
     def quantize_layer(self, linear: nn.Linear, recipe, bits: int) -> nn.Module:

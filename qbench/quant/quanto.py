@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Field, Method, MethodUnavailable, QuantError, register, storage_bits
+from .base import Field, Method, QuantError, register, storage_bits
 
 CODE_VERSION = "1"
 _TOKENS_PER_BATCH = 16384
@@ -24,6 +24,7 @@ class Quanto(Method):
     bits = (8, 4, 2)
     code_version = CODE_VERSION
     libraries = ("optimum-quanto",)
+    imports = ("optimum.quanto",)
     weight_fields = {
         "group_size": Field(int, default=None, nullable=True, min=1,
                             doc="int4/int2 group size; null = quanto's default"),
@@ -37,13 +38,6 @@ class Quanto(Method):
 
     def group_size(self, recipe, bits):
         return recipe.weight["group_size"] if bits in (4, 2) else None
-
-    def check_available(self, recipe, device):
-        super().check_available(recipe, device)
-        try:
-            import optimum.quanto  # noqa: F401
-        except Exception as e:  # pragma: no cover
-            raise MethodUnavailable(f"method 'quanto': cannot import optimum.quanto: {e}") from e
 
     @torch.no_grad()
     def apply(self, model, names, recipe, bits, calib):

@@ -20,6 +20,8 @@ import os
 import re
 from pathlib import Path
 
+from ..files import make_writable_dir
+
 CELLS = "cells"
 MANIFEST = "sweep.json"
 KEY_RE = re.compile(r"^[0-9a-f]{16,64}$")
@@ -101,17 +103,10 @@ class Store:
     def ensure_writable(self) -> None:
         """Create the folders and prove that a file can be written there; raises StoreError."""
         try:
-            self.cells_dir.mkdir(parents=True, exist_ok=True)
+            make_writable_dir(self.cells_dir)
         except OSError as err:
-            raise StoreError(f"results folder {self.root} cannot be created: {err.strerror or err}") from None
-        if not self.cells_dir.is_dir():
-            raise StoreError(f"results folder {self.cells_dir} is not a folder")
-        probe = self.cells_dir / f".write-probe.{os.getpid()}.tmp"
-        try:
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as err:
-            raise StoreError(f"results folder {self.cells_dir} is not writable: {err.strerror or err}") from None
+            raise StoreError(f"results folder {self.root} cannot be created or written: "
+                             f"{err.strerror or err}") from None
 
     def clean_tmp(self) -> int:
         """Remove tmp files left by processes that no longer run (a killed sweep); returns the count."""

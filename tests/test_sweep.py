@@ -216,6 +216,33 @@ def test_atomic_store(tmp_path, monkeypatch):
     assert (tmp_path / "x.txt").read_text() == "hello"
 
 
+def test_extends_takes_the_base_fields_and_overrides_some(tiny_pair, tmp_path):
+    base = write_sweep(tmp_path, tiny_pair, [{"recipe": "rtn", "bits": [8, 2]}], name="base")
+    (tmp_path / "sub").mkdir()
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text(json.dumps({"extends": f"../{base.name}", "name": "child", "limit": 2}))
+    data, _ = spec_module.read_sweep_file(child)
+    assert data["name"] == "child" and data["limit"] == 2 and data["grid"] == [{"recipe": "rtn", "bits": [8, 2]}]
+    assert "extends" not in data
+    # same cells as the base apart from what the child changed (here the limit, so other keys)
+    assert len(keys_of(child)) == len(keys_of(base)) == 6 and set(keys_of(child)).isdisjoint(keys_of(base))
+    child.write_text(json.dumps({"extends": f"../{base.name}", "name": "child"}))
+    assert keys_of(child) == keys_of(base)   # the name is not part of a key
+    # the bundled small-pair files take the full and paper grids
+    for small, full in (("recipes/small/full.yaml", "recipes/full.yaml"), ("recipes/small/paper.yaml",
+                                                                           "recipes/paper.yaml")):
+        got, want = spec_module.read_sweep_file(small)[0], spec_module.read_sweep_file(full)[0]
+        assert got["grid"] == want["grid"] and got["pair"]["softmax"] == "checkpoints/small/softmax"
+
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(json.dumps({"extends": "loop.yaml", "name": "loop"}))
+    with pytest.raises(SweepError, match="cycle"):
+        spec_module.read_sweep_file(loop)
+    child.write_text(json.dumps({"extends": "missing.yaml", "name": "child"}))
+    with pytest.raises(SweepError, match="field 'extends': no such sweep file"):
+        spec_module.read_sweep_file(child)
+
+
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("case", ["unknown recipe", "bits", "unknown task", "not a pair", "unwritable",
                                   "unknown field", "no calibration text"])

@@ -27,9 +27,9 @@ def _existing(path: str, base: Path) -> Path:
 
 def pair_from_sweep(sweep_file: Path) -> tuple[Path, Path, Path | None]:
     """(softmax dir, softpick dir, results dir if one exists) from a sweep YAML's `pair` and `name`."""
-    import yaml
+    from ..sweep.spec import read_sweep_file
 
-    data = yaml.safe_load(sweep_file.read_text()) or {}
+    data, _ = read_sweep_file(sweep_file)   # follows `extends:`
     pair = data.get("pair")
     if pair in (None, "bundled", "default"):
         softmax, softpick = paths.BUNDLED_SOFTMAX, paths.BUNDLED_SOFTPICK
@@ -56,7 +56,11 @@ def cmd_diagnose(args) -> int:
             print(f"qbench diagnose: {sweep_file} is not a sweep file; give a sweep YAML or two checkpoint folders",
                   file=sys.stderr)
             return 2
-        softmax, softpick, sweep_results = pair_from_sweep(sweep_file)
+        try:
+            softmax, softpick, sweep_results = pair_from_sweep(sweep_file)
+        except ValueError as err:  # SweepError included
+            print(f"qbench diagnose: error: {err}", file=sys.stderr)
+            return 2
         results = results or sweep_results
     elif len(args.pair) == 2:
         softmax, softpick = args.pair

@@ -20,6 +20,9 @@ A sweep file (`recipes/paper.yaml`, `recipes/full.yaml`):
       - {recipe: bnb, bits: [4, 8]}
       - {recipe: w4a8-rtn}                  # bits left out: every width the recipe lists
 
+A file can start from another and change some fields (recipes/small/full.yaml: the full grid
+on the `small` pair): `extends: ../full.yaml` (relative to the file), then the fields to replace.
+
 Relative paths are taken from the current directory, or else from the qbench repository
 (so `qbench sweep recipes/full.yaml` works from anywhere).
 
@@ -187,20 +190,32 @@ def _opt_int(raw, source, name, minimum=1):
     return raw
 
 
-def read_sweep_file(path) -> tuple[dict, str]:
+def read_sweep_file(path, _children: tuple = ()) -> tuple[dict, str]:
+    """The sweep file's fields; `extends: OTHER.yaml` (relative to this file) takes OTHER's fields
+    and lets this file override any of them (e.g. the same grid on another pair)."""
     p = Path(path)
     if not p.is_file():
         alt = paths.REPO_ROOT / p
         if not p.is_absolute() and alt.is_file():
             p = alt
         else:
-            raise SweepError(path, None, "no such sweep file")
+            raise SweepError(_children[-1] if _children else path, "extends" if _children else None,
+                             f"no such sweep file: {path}")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
         raise SweepError(p, None, f"not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise SweepError(p, None, f"a sweep file is a mapping of fields, got {type(data).__name__}")
+    if "extends" in data:
+        base = data.pop("extends")
+        if not isinstance(base, str) or not base:
+            raise SweepError(p, "extends", f"expected the path of another sweep file, got {base!r}")
+        base_path = (p.parent / base).resolve()
+        if base_path in [c.resolve() for c in (*_children, p)]:
+            raise SweepError(p, "extends", f"{base} extends this file again (a cycle)")
+        base_data, _ = read_sweep_file(base_path, (*_children, p))
+        data = {**base_data, **data}
     return data, str(p)
 
 

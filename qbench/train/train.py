@@ -592,6 +592,7 @@ def train_model(spec: RunSpec, inputs: Inputs | None = None):
         "train_seconds": round(train_seconds, 2),
         "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({os.cpu_count()} cores, "
                                                                   f"{torch.get_num_threads()} threads)",
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES") if cuda else None,
         "precision": "bf16 autocast, fp32 master weights" if autocast else "float32",
         "compile": spec.compile,
         "deterministic_algorithms": (
@@ -640,8 +641,9 @@ def _write_json(path: Path, data: dict) -> None:
 def train_pair(spec: RunSpec, concurrent: bool | None = None) -> dict:
     """Train spec.out/softmax and spec.out/softpick with one seed, one data order, one recipe.
     On CUDA the two run as two concurrent processes by default (tiny models leave the GPU idle
-    between kernels); each process is deterministic on its own. On the CPU they run one after
-    the other. Writes spec.out/pair_summary.json."""
+    between kernels), each on a GPU of its own when two are visible; each process is
+    deterministic on its own. On the CPU they run one after the other. Writes
+    spec.out/pair_summary.json."""
     resolve_preset(spec.preset, spec.steps, spec.batch_size)
     root = prepare_out_dir(Path(spec.out), overwrite=True)
     for kind in KINDS:
@@ -660,6 +662,7 @@ def train_pair(spec: RunSpec, concurrent: bool | None = None) -> dict:
         "seed": spec.seed,
         "concurrent_processes": concurrent,
         "device": summaries["softmax"].get("device"),
+        "gpus": {kind: s.get("cuda_visible_devices") for kind, s in summaries.items()},
         "wall_seconds": round(time.time() - started, 2),
         "same_init": summaries["softmax"]["init_hash"] == summaries["softpick"]["init_hash"],
         "same_data_order": summaries["softmax"]["data_order_hash"] == summaries["softpick"]["data_order_hash"],
@@ -707,12 +710,13 @@ def _run_children(spec: RunSpec, inputs: Inputs, root: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     if spec.device == "cpu":  # two processes share the cores instead of fighting over all of them
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // 2))
+    gpus = _one_gpu_each(spec.device)
     procs, logs, bars = {}, {}, {}
     for i, kind in enumerate(KINDS):
         (root / kind / LOG_FILE).unlink(missing_ok=True)
         logs[kind] = open(root / f"{kind}.log", "w")
         procs[kind] = subprocess.Popen(_child_argv(spec, inputs, kind, root / kind), stdout=logs[kind],
-                                       stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+                                       stderr=subprocess.STDOUT, env={**env, **gpus[i]}, cwd=REPO_ROOT)
         bars[kind] = tqdm(total=preset["steps"], desc=f"{spec.preset} {kind}", unit="step", position=i,
                           disable=not spec.progress, mininterval=1.0 if sys.stderr.isatty() else 30.0)
     try:
@@ -743,6 +747,19 @@ def _run_children(spec: RunSpec, inputs: Inputs, root: Path) -> dict:
                           for kind, rc in failed.items())
         raise TrainError(f"training failed for {', '.join(failed)}\n{tails}")
     return {kind: json.loads((root / kind / SUMMARY_FILE).read_text()) for kind in KINDS}
+
+
+def _one_gpu_each(device: str) -> list[dict]:
+    """Environment overrides giving each of the two children a GPU of its own, when two are visible
+    and the device is not pinned (cuda:N); else none (both share the one device)."""
+    if device not in ("auto", "cuda") or not _cuda_available():
+        return [{}, {}]
+    from ..sweep.runner import worker_devices
+
+    try:
+        return worker_devices(len(KINDS), "cuda")
+    except ValueError:  # one GPU visible
+        return [{}, {}]
 
 
 def _update_bar(bar, log_path: Path) -> None:

@@ -143,9 +143,12 @@ def quantize(model: nn.Module, recipe: Recipe | str | Path, bits: int,
     layer_reports, num, den, numel, bit_sum = [], 0.0, 0.0, 0, 0.0
     unchanged = []
     for n in names:
+        # on the model's device, one layer at a time (a float64 pass over every weight on the CPU
+        # was most of the time of a GPU cell's quantization step)
         mod = model.get_submodule(n)
-        w0 = originals[n].double()
-        wq = m.dequantize(mod).detach().to("cpu").double()
+        wq = m.dequantize(mod).detach()
+        w0 = originals[n].to(wq.device, torch.float64)
+        wq = wq.double()
         if wq.shape != w0.shape:
             raise QuantError(f"method {m.name!r}: layer {n} dequantizes to shape {list(wq.shape)}, "
                              f"expected {list(w0.shape)}")

@@ -412,7 +412,10 @@ def _set_pdeathsig():  # pragma: no cover - runs in the child
 
 
 def worker_devices(n: int, device: str) -> list[dict]:
-    """Environment overrides of each of `n` worker processes (one GPU each on CUDA)."""
+    """Environment overrides of each of `n` worker processes: a share of the CPU cores each (so
+    that n processes' thread pools do not compete for all of them) and, on CUDA, one GPU each."""
+    threads = str(max(1, (os.cpu_count() or 1) // n))
+    cpu_share = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     if device == "cuda":
         import torch
 
@@ -422,9 +425,8 @@ def worker_devices(n: int, device: str) -> list[dict]:
         if n > len(ids):
             raise ValueError(f"--workers {n}: only {len(ids)} GPU(s) visible ({', '.join(ids) or 'none'}); "
                              f"one worker per GPU")
-        return [{"CUDA_VISIBLE_DEVICES": ids[i]} for i in range(n)]
-    threads = str(max(1, (os.cpu_count() or 1) // n))
-    return [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} for _ in range(n)]
+        return [{**cpu_share, "CUDA_VISIBLE_DEVICES": ids[i]} for i in range(n)]
+    return [dict(cpu_share) for _ in range(n)]
 
 
 def run_workers(n: int, worker_argv: list[str], sweep: Sweep, todo: list[CellSpec], store: Store, *,

@@ -3,10 +3,12 @@ or failed cell shows as such (never as a number), captions state the example lim
 import csv
 import hashlib
 import io
+import json
 import math
 
 import pytest
 
+from qbench import paths
 from qbench.cli import main
 from qbench.report import tables
 from qbench.report.cells import load_grid
@@ -159,3 +161,27 @@ def test_cli_table_and_plot(results, tmp_path, capsys):
     assert all((results / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert main(["table", str(tmp_path / "nothing")]) == 2
     assert "no sweep.json and no cells" in capsys.readouterr().err
+
+
+def test_compare_stores_finds_a_changed_metric(tmp_path):
+    """benchmarks/compare_stores.py on the committed H200 store: itself equal; one changed value found."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("compare_stores", paths.REPO_ROOT / "benchmarks" / "compare_stores.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    store = paths.REPO_ROOT / "results" / "h200-tiny-full"
+    copy = tmp_path / "copy"
+    shutil.copytree(store / "cells", copy / "cells")
+    text, same = compare.report(store, copy)
+    assert same and "differing: 0" in text and "50 with the same key" in text
+    cell_file = sorted((copy / "cells").glob("*.json"))[0]
+    cell = json.loads(cell_file.read_text())
+    task = next(iter(cell["metrics"]))
+    metric = next(k for k, v in cell["metrics"][task].items() if v is not None)
+    cell["metrics"][task][metric] += 1e-9
+    cell_file.write_text(json.dumps(cell))
+    text, same = compare.report(store, copy)
+    assert not same and "differing: 1" in text and f"{task} {metric}" in text
+    assert compare.main([str(store), str(copy)]) == 1

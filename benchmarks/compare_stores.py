@@ -1,0 +1,89 @@
+"""Compare two result stores of the same sweep: did a rerun reproduce every number, and where
+did the time go?  Usage: python benchmarks/compare_stores.py STORE_A STORE_B [--out FILE.md]
+
+Cells are matched by key (keys hash every input of a cell, so matching keys = same computation).
+Reports: keys in one store only, metric values that differ (with the largest relative
+difference), and per store the summed cell time split into copy / quantize / evaluate, the CPU
+seconds and the thread counts the cells ran with. Exit code 1 when any shared cell's metrics differ.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+PHASES = ("copy", "calibration_batch", "quantize", "evaluate")
+
+
+def load_cells(store: Path) -> dict:
+    cells = {}
+    for f in sorted((store / "cells").glob("*.json")):
+        cell = json.loads(f.read_text())
+        if cell.get("status") == "done":
+            cells[cell["key"]] = cell
+    if not cells:
+        raise SystemExit(f"{store}: no finished cells in {store / 'cells'}")
+    return cells
+
+
+def metric_differences(a: dict, b: dict) -> tuple[int, list]:
+    """(values compared, [(cell label, task, metric, a, b)] that differ)."""
+    compared, diffs = 0, []
+    for key in sorted(set(a) & set(b)):
+        for task, metrics in a[key]["metrics"].items():
+            for name, va in metrics.items():
+                vb = b[key]["metrics"].get(task, {}).get(name)
+                if va is None and vb is None:
+                    continue
+                compared += 1
+                if va != vb:
+                    diffs.append((label(a[key]), task, name, va, vb))
+    return compared, diffs
+
+
+def label(cell: dict) -> str:
+    recipe = cell["recipe"]["name"] if cell.get("recipe") else "fp"
+    bits = f" {cell['bits']}-bit" if cell.get("bits") else ""
+    return f"{cell['model']['kind']} {recipe}{bits}"
+
+
+def time_split(cells: dict) -> dict:
+    split = {phase: sum(c["timing"].get(phase, 0.0) for c in cells.values()) for phase in PHASES}
+    split["cell"] = sum(c["seconds"] for c in cells.values())
+    split["cpu"] = sum(c["timing"].get("cpu_seconds", 0.0) for c in cells.values())
+    split["threads"] = sorted({str(c.get("host", {}).get("torch_threads")) for c in cells.values()})
+    return split
+
+
+def report(store_a: Path, store_b: Path) -> tuple[str, bool]:
+    a, b = load_cells(store_a), load_cells(store_b)
+    compared, diffs = metric_differences(a, b)
+    lines = [f"# {store_a} vs {store_b}", "",
+             f"- cells: {len(a)} / {len(b)} finished; {len(set(a) & set(b))} with the same key; "
+             f"{len(set(a) - set(b))} only in A, {len(set(b) - set(a))} only in B",
+             f"- metric values compared: {compared}; differing: {len(diffs)}"]
+    for cell, task, name, va, vb in diffs[:20]:
+        lines.append(f"  - {cell} {task} {name}: {va!r} vs {vb!r}")
+    ta, tb = time_split(a), time_split(b)
+    lines += ["", "| seconds summed over cells | A | B | A / B |", "|---|--:|--:|--:|"]
+    for row in ("cell", *PHASES, "cpu"):
+        ratio = f"{ta[row] / tb[row]:.2f}" if tb[row] else "—"
+        lines.append(f"| {row} | {ta[row]:.1f} | {tb[row]:.1f} | {ratio} |")
+    lines.append(f"| torch threads per worker | {', '.join(ta['threads'])} | {', '.join(tb['threads'])} | |")
+    return "\n".join(lines) + "\n", not diffs
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("store_a", type=Path)
+    p.add_argument("store_b", type=Path)
+    p.add_argument("--out", type=Path, help="also write the report (markdown) here")
+    args = p.parse_args(argv)
+    text, same = report(args.store_a, args.store_b)
+    print(text, end="")
+    if args.out:
+        args.out.write_text(text)
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

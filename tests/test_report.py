@@ -185,3 +185,15 @@ def test_compare_stores_finds_a_changed_metric(tmp_path):
     text, same = compare.report(store, copy)
     assert not same and "differing: 1" in text and f"{task} {metric}" in text
     assert compare.main([str(store), str(copy)]) == 1
+
+
+def test_two_standard_errors_make_a_difference_count(results):
+    assert tables.significant(2.5, 1.0) and tables.significant(-2.5, 1.0)
+    assert not tables.significant(1.5, 1.0) and not tables.significant(3.0, None)
+    # the growth z of a perplexity needs stderrs: the held-out word perplexity has none
+    grid = load_grid(results)
+    assert tables.growth_z(grid, RECIPES[0], 2, "qb_heldout_ppl", "word_perplexity") is None
+    # with stderrs: log-ratio losses 0.2 (softmax) and 0.0 (softpick), each ±(0.1, 0.1) relative
+    (l_sm, s_sm), (l_sp, s_sp) = tables._loss(10.0, 10.0 * math.exp(0.2), 1.0, math.exp(0.2), "perplexity"), \
+        tables._loss(10.0, 10.0, 1.0, 1.0, "perplexity")
+    assert math.isclose((l_sm - l_sp) / math.hypot(s_sm, s_sp), 0.2 / 0.2)

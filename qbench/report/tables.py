@@ -125,8 +125,11 @@ def difference(a: Entry, b: Entry, task: str, metric: str) -> tuple[float | None
     return vb - va, _combined(sa, sb), None
 
 
+SIG_SE = 2.0   # a difference counts when it exceeds this many standard errors (~95% two-sided)
+
+
 def significant(d: float | None, se: float | None) -> bool:
-    return d is not None and se is not None and se > 0 and math.isfinite(d) and abs(d) > se
+    return d is not None and se is not None and se > 0 and math.isfinite(d) and abs(d) > SIG_SE * se
 
 
 def _delta_text(metric: str, d, se, status) -> str:
@@ -163,7 +166,7 @@ def delta_tables(grid: Grid) -> list[Table]:
             rows_drop.append(rq)
         base = (f"{grid.caption()} Accuracies in percentage points, perplexities as they are; ± = standard "
                 f"error of the difference (stderrs combined as independent; ? = lm-eval gives none for this "
-                f"metric); {SIG} = the difference is larger than its standard error.")
+                f"metric); {SIG} = the difference is larger than {SIG_SE:g} standard errors.")
         out.append(Table(f"{_recipe_title(recipe)}: softpick - softmax",
                          base + " Entry: softpick minus softmax in the same cell.",
                          ["task metric"] + [bits_label(recipe, b) for b in cols], rows_diff))
@@ -212,8 +215,8 @@ def _loss(fp: float, q: float, se_fp, se_q, metric: str) -> tuple[float, float |
 
 def survival(grid: Grid, recipe: dict, bits: int) -> Survival:
     """Over the task metrics: which model lost less from its own full precision at this cell.
-    A metric counts for a model when the difference of the two losses exceeds its standard
-    error (four stderrs combined; perplexities compared as log ratios); else it is n.s."""
+    A metric counts for a model when the difference of the two losses exceeds SIG_SE standard
+    errors (four stderrs combined; perplexities compared as log ratios); else it is n.s."""
     entries = {k: (grid.baseline(k), grid.entry(k, recipe["name"], bits)) for k in KINDS}
     for status in (FAILED, MISSING):
         if any(_status_text(e) == status for pair in entries.values() for e in pair):
@@ -262,10 +265,29 @@ def summary_table(grid: Grid) -> Table:
     caption = (f"{grid.caption()} Which attention survives which quantizer better: per cell, the model that "
                f"lost less from its own full precision, counted over the task metrics (accuracy points, "
                f"log perplexity ratio). Entry: verdict softpick:softmax = metrics where that model lost "
-               f"significantly less (the difference of the two losses exceeds its combined standard error), "
+               f"significantly less (the difference of the two losses exceeds {SIG_SE:g} combined standard errors), "
                f"n.s. = not significant or no standard error. {MISSING} / failed: a cell needed is missing / failed.")
     return Table("Which attention survives quantization better", caption,
                  ["recipe"] + [f"{b}-bit" for b in widths], rows)
+
+
+def growth_z(grid: Grid, recipe: dict, bits: int, task: str, metric: str) -> float | None:
+    """(log growth of softmax - log growth of softpick) / its standard error: > 0 = softpick's
+    perplexity grew less. None without stderrs (or when a cell is not done)."""
+    losses = []
+    for k in KINDS:
+        fp_e, q_e = grid.baseline(k), grid.entry(k, recipe["name"], bits)
+        if _status_text(fp_e) is not None or _status_text(q_e) is not None:
+            return None
+        (fp, se_fp), (q, se_q) = fp_e.value(task, metric), q_e.value(task, metric)
+        if fp is None or q is None:
+            return None
+        losses.append(_loss(fp, q, se_fp, se_q, metric))
+    (l_sm, s_sm), (l_sp, s_sp) = losses
+    se = _combined(s_sm, s_sp)
+    if se is None or se <= 0 or not (math.isfinite(l_sm) and math.isfinite(l_sp)):
+        return None
+    return (l_sm - l_sp) / se
 
 
 def ppl_ratio(grid: Grid, kind: str, recipe: dict, bits: int, task: str, metric: str) -> tuple[float | None, str | None]:
@@ -304,10 +326,14 @@ def ppl_ratio_tables(grid: Grid) -> list[Table]:
                     row.append("")
                     continue
                 sm, sp = (_ratio_text(*ppl_ratio(grid, k, recipe, b, task, metric)) for k in KINDS)
-                row.append(f"{sm} / {sp}")
+                z = growth_z(grid, recipe, b, task, metric)
+                row.append(f"{sm} / {sp}" + (f" (z {z:+.1f})" if z is not None else ""))
             rows.append(row)
         caption = (f"{grid.caption()} Entry: quantized perplexity as a multiple of the same model's full-precision "
-                   f"perplexity, softmax / softpick (smaller = survived better).")
+                   f"perplexity, softmax / softpick (smaller = survived better); z = (log growth of softmax - log "
+                   f"growth of softpick) / its standard error (four stderrs combined as independent): positive = "
+                   f"softpick's grew less, |z| > {SIG_SE:g} counts in the verdicts; none where lm-eval gives no "
+                   f"stderr.")
         out.append(Table(f"{metric_label(task, metric)}: growth from full precision", caption,
                          ["recipe"] + [f"{b}-bit" for b in widths], rows))
     return out

@@ -23,12 +23,11 @@ import math
 import torch
 from torch import nn
 
-from .base import (Field, Method, QuantizerDidNothing, RecipeError, get_method, methods,
-                   register)
+from .base import (NOOP_TOL, Field, Method, QuantizerDidNothing, RecipeError, eval_mode, forward, get_method,
+                   methods, model_device, register)
 from .rtn import fake_quant, grid_params
 
 CODE_VERSION = "1"
-NOOP_TOL = 1e-6
 
 
 def fake_quant_act(x: torch.Tensor, bits: int, granularity: str = "per_token",
@@ -92,8 +91,7 @@ ACT_FIELDS = {
 
 @register
 class Act(Method):
-    name = "act"
-    bits = (2, 3, 4, 5, 6, 7, 8)
+    name = "act"                      # widths: those of its weight method (supported_bits)
     code_version = CODE_VERSION
     activation_fields = ACT_FIELDS
     activation_required = True
@@ -175,17 +173,13 @@ class Act(Method):
         info = {"bits": a["bits"], "granularity": a["granularity"], "symmetric": a["symmetric"],
                 "probe": probe, "error": None, "layers": {}}
         if ids is not None:
-            from .gptq import _forward
-
             wraps = {n: model.get_submodule(n) for n in names}
             for w in wraps.values():
                 w.stats = [0.0, 0.0, 0]
-            was_training = model.training
-            model.eval()
             try:
-                _forward(model, ids.to(next(model.parameters()).device))
+                with eval_mode(model):
+                    forward(model, ids.to(model_device(model)))
             finally:
-                model.train(was_training)
                 stats = {n: w.stats for n, w in wraps.items()}
                 for w in wraps.values():
                     w.stats = None

@@ -6,7 +6,9 @@ first use, so adding a method is: one new module + one recipe YAML; nothing else
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
 import pkgutil
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -193,7 +195,6 @@ class LayerwiseMethod(Method):
 
 
 _REGISTRY: dict[str, Method] = {}
-_INFRA = {"base", "recipe", "core", "calib"}
 _discovered = False
 
 
@@ -215,9 +216,8 @@ def _discover() -> None:
     import qbench.quant as pkg
 
     for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name.startswith("_") or info.name in _INFRA:
-            continue
-        importlib.import_module(f"qbench.quant.{info.name}")
+        if not info.name.startswith("_"):   # the core modules are already imported: a no-op
+            importlib.import_module(f"qbench.quant.{info.name}")
     _discovered = True
 
 
@@ -239,6 +239,41 @@ def _dist_version(dist: str) -> str:
 
 
 # --------------------------------------------------------------------------- helpers for methods
+TOKENS_PER_BATCH = 16384   # tokens per forward pass over a calibration batch
+NOOP_TOL = 1e-6            # a relative error at or below this counts as "unchanged" (weights, activations)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def forward(model: nn.Module, ids: torch.Tensor):
+    """One forward pass of token ids (without a KV cache where the model takes `use_cache`)."""
+    params = inspect.signature(model.forward).parameters
+    takes = "use_cache" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return model(ids, use_cache=False) if takes else model(ids)
+
+
+def calibration_batches(model: nn.Module, calib: torch.Tensor) -> list[torch.Tensor]:
+    """The calibration batch split into forward-sized pieces, on the model's device."""
+    per_batch = max(1, TOKENS_PER_BATCH // calib.shape[1])
+    device = model_device(model)
+    return [b.to(device) for b in calib.split(per_batch)]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """The model in eval mode for the block; its training flag restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def storage_bits(*tensors) -> int:
     """Bits of storage the given tensors occupy; tensor subclasses (quanto's QTensors) are
     flattened into their inner tensors; None entries are ignored."""

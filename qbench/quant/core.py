@@ -16,11 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import Method, QuantError, QuantizerDidNothing, RecipeError, get_method
+from .base import NOOP_TOL, Method, QuantError, QuantizerDidNothing, RecipeError, get_method, model_device
 from .recipe import Recipe, load_recipe
 
 CORE_VERSION = "1"   # bump when selection or measurement changes
-NOOP_TOL = 1e-6      # relative weight error at or below this counts as "unchanged"
 _LIB_PREFIXES = ("bitsandbytes", "optimum", "hqq")
 
 
@@ -121,7 +120,7 @@ def quantize(model: nn.Module, recipe: Recipe | str | Path, bits: int,
     if not isinstance(bits, int) or isinstance(bits, bool) or bits not in recipe.bits:
         raise RecipeError(recipe.source, "bits", f"{bits!r}-bit requested, but the recipe supports "
                           f"{list(recipe.bits)}")
-    device = _model_device(model)
+    device = model_device(model)
     m.check_available(recipe, device)
 
     all_linear = linear_layers(model)
@@ -198,12 +197,6 @@ def code_versions(recipe: Recipe | str | Path) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- helpers
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -23,17 +23,15 @@ columns (act_order with a group size and without static_groups).
 """
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
 from torch import nn
 
-from .base import Field, Method, QuantError, register
+from .base import Field, Method, QuantError, calibration_batches, eval_mode, forward, register
 from .rtn import WEIGHT_FIELDS as RTN_FIELDS, fake_quant_bits, grid_params
 
 CODE_VERSION = "1"
-_TOKENS_PER_BATCH = 16384
 
 
 # --------------------------------------------------------------------------- the algorithm
@@ -148,12 +146,6 @@ class _Stop(Exception):
     pass
 
 
-def _forward(model: nn.Module, ids: torch.Tensor):
-    params = inspect.signature(model.forward).parameters
-    takes = "use_cache" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-    return model(ids, use_cache=False) if takes else model(ids)
-
-
 def _find_blocks(model: nn.Module, names: list[str]) -> tuple[str, nn.ModuleList] | None:
     """The nn.ModuleList whose items hold the most selected layers (e.g. model.layers)."""
     best, best_n = None, 0
@@ -262,15 +254,11 @@ class GPTQ(Method):
 
     @torch.no_grad()
     def apply(self, model, names, recipe, bits, calib):
-        device = next(model.parameters()).device
-        bs = max(1, _TOKENS_PER_BATCH // calib.shape[1])
-        batches = [b.to(device) for b in calib.split(bs)]
+        batches = calibration_batches(model, calib)
         info: dict[str, dict] = {}
         found = _find_blocks(model, names)
         done: set[str] = set()
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             if found is not None:
                 prefix, blocks = found
                 cache = []
@@ -283,7 +271,7 @@ class GPTQ(Method):
                 try:
                     for b in batches:
                         try:
-                            _forward(model, b)
+                            forward(model, b)
                         except _Stop:
                             pass
                 finally:
@@ -314,11 +302,9 @@ class GPTQ(Method):
             if rest:
                 def run_model():
                     for b in batches:
-                        _forward(model, b)
+                        forward(model, b)
                 hs = _collect(run_model, model, rest)
                 _quantize_layers(model, rest, hs, recipe, bits, info)
-        finally:
-            model.train(was_training)
         retries = {n: i["damp_retries"] for n, i in info.items() if i["damp_retries"]}
         return {"gptq": {"sequential_blocks": found[0] if found else None,
                          "damp_increased": retries}}

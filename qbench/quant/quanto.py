@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import Field, Method, QuantError, register, storage_bits
+from .base import Field, Method, QuantError, calibration_batches, eval_mode, forward, register, storage_bits
 
 CODE_VERSION = "1"
-_TOKENS_PER_BATCH = 16384
 
 
 @register
@@ -53,18 +52,9 @@ class Quanto(Method):
             for n in names:
                 model.get_submodule(n).weight_group_size = gs
         if aq is not None:
-            from .gptq import _forward
-
-            device = next(model.parameters()).device
-            bs = max(1, _TOKENS_PER_BATCH // calib.shape[1])
-            was_training = model.training
-            model.eval()
-            try:
-                with Calibration():
-                    for b in calib.split(bs):
-                        _forward(model, b.to(device))
-            finally:
-                model.train(was_training)
+            with eval_mode(model), Calibration():
+                for b in calibration_batches(model, calib):
+                    forward(model, b)
             bad = [n for n in names if float(model.get_submodule(n).input_scale) == 1.0]
             if bad:
                 raise QuantError(f"quanto: calibration left the input scale of {len(bad)} layers at "

@@ -81,13 +81,13 @@ class ModelSource:
         return model.to(device).eval()
 
     def calibration(self, recipe, text_path: str):
-        from ..quant import calibration_batch
+        from ..quant import recipe_calibration
 
         c = recipe.calib
         key = (text_path, c["samples"], c["seq_len"], c["seed"])
         if key not in self._calib:
             tokenizer = self.checkpoint("softmax").tokenizer   # the pair shares its tokenizer
-            self._calib[key] = calibration_batch(tokenizer, text_path, c["samples"], c["seq_len"], c["seed"])
+            self._calib[key] = recipe_calibration(recipe, tokenizer, text_path)
         return self._calib[key]
 
 

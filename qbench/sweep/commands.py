@@ -34,8 +34,6 @@ def register(subparsers) -> None:
                    help="worker processes over disjoint cells; on CUDA one per GPU (CUDA_VISIBLE_DEVICES)")
     p.add_argument("--dry-run", action="store_true", help="validate, list the cells and their state, compute nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the per-cell lines stay)")
-    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)   # internal: a worker of --workers
-    p.add_argument("--run-id", default=None, help=argparse.SUPPRESS)                # internal
     p.set_defaults(func=cmd_sweep)
 
 
@@ -45,7 +43,7 @@ def _fail(message: str) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .runner import ModelSource, new_run_id, plan, run_cells, run_workers, serve_cells, summary_text
+    from .runner import ModelSource, new_run_id, plan, run_cells, run_workers, summary_text
     from .spec import SweepError, expand, load_sweep, manifest
     from .store import Store
 
@@ -60,12 +58,6 @@ def cmd_sweep(args) -> int:
     store = Store(sweep.results_dir)
     p = plan(cells, store)
     todo = p.todo
-
-    if args.serve:   # one worker of `--workers N`: computes the cells whose keys arrive on stdin
-        source = ModelSource(sweep.softmax, sweep.softpick, sweep.dtype)
-        serve_cells(cells, store, source, run_id=args.run_id or new_run_id())
-        return 0
-
     removed = store.clean_tmp()
     n_base = sum(1 for c in cells if c.recipe is None)
     print(f"sweep {sweep.name} ({sweep.source}): {len(cells)} cells ({n_base} full-precision baselines + "
@@ -86,15 +78,8 @@ def cmd_sweep(args) -> int:
     run_id = new_run_id()
     try:
         if args.workers > 1 and len(todo) > 1:
-            argv = ["sweep", sweep.source, "--results", str(sweep.results_dir), "--device", sweep.device]
-            if args.limit is not None:
-                argv += ["--limit", str(args.limit)]
-            elif args.no_limit:
-                argv += ["--no-limit"]
-            if args.full_calib:
-                argv += ["--full-calib"]
             try:
-                summary = run_workers(min(args.workers, len(todo)), argv, sweep, todo, store, run_id=run_id,
+                summary = run_workers(min(args.workers, len(todo)), sweep, todo, store, run_id=run_id,
                                       total=len(cells), cached=len(p.cached), progress=not args.no_progress)
             except ValueError as err:
                 return _fail(str(err))

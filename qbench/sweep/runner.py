@@ -7,7 +7,7 @@ atomically written file per cell) is the only state shared between processes. An
 can run `compute_cell(CellSpec.from_dict(d), ModelSource(...))` on a worker and write the record
 with `Store.write` (Ray tasks, a cluster scheduler's array jobs, ...) can dispatch the cells of
 `expand(sweep)` without a redesign; `--workers N` is the one-host version of this (one process
-per GPU, each handed the next pending cell's key when it is idle, so no cell runs twice).
+per GPU, each handed the next pending cell's spec when it is idle, so no cell runs twice).
 
 Reproducibility: the key holds every input a cell's numbers depend on; it does not hold the
 floating-point reduction order, which the number of CPU threads, the CPU's instruction set or
@@ -26,6 +26,7 @@ import contextlib
 import copy
 import gc
 import io
+import json
 import math
 import os
 import platform
@@ -429,12 +430,12 @@ def worker_devices(n: int, device: str) -> list[dict]:
     return [dict(cpu_share) for _ in range(n)]
 
 
-def run_workers(n: int, worker_argv: list[str], sweep: Sweep, todo: list[CellSpec], store: Store, *,
+def run_workers(n: int, sweep: Sweep, todo: list[CellSpec], store: Store, *,
                 run_id: str, total: int, cached: int, progress: bool = True, log=_print) -> Summary:
-    """Run `todo` in `n` worker processes (`qbench sweep ... --serve`, one per GPU on CUDA), handing
-    each idle worker the next cell key over its stdin, so no cell goes to two workers and a slow
-    cell does not hold up the others. Workers report `@@cell KEY LINE` after storing a cell and
-    `@@ready` when they want the next one; the parent draws the progress bar."""
+    """Run `todo` in `n` worker processes (`worker_main`, one per GPU on CUDA), handing each idle
+    worker the next cell's spec (JSON, `CellSpec.to_dict`) over its stdin, so no cell goes to two
+    workers and a slow cell does not hold up the others. Workers report `@@cell KEY LINE` after
+    storing a cell and `@@ready` when they want the next one; the parent draws the progress bar."""
     from tqdm import tqdm
 
     envs = worker_devices(n, sweep.device)
@@ -445,13 +446,14 @@ def run_workers(n: int, worker_argv: list[str], sweep: Sweep, todo: list[CellSpe
     write = _writer(bar, log)
     lock = threading.Lock()
     queue = [c.key for c in todo]
-    labels = {c.key: c.label for c in todo}
+    by_key = {c.key: c for c in todo}
     running: dict[int, str | None] = {}
     finished = []
     procs = []
     for i in range(n):
         env = {**os.environ, **envs[i], "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "qbench.cli", *worker_argv, "--serve", "--run-id", run_id]
+        cmd = [sys.executable, "-c", "import sys; from qbench.sweep.runner import worker_main; worker_main(sys.argv[1:])",
+               str(sweep.softmax), str(sweep.softpick), sweep.dtype, str(store.root), run_id]
         procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True, bufsize=1,
                                       preexec_fn=_set_pdeathsig if sys.platform == "linux" else None))
@@ -461,12 +463,12 @@ def run_workers(n: int, worker_argv: list[str], sweep: Sweep, todo: list[CellSpe
             key = queue.pop(0) if queue else None
             running[i] = key
             if key is not None:
-                bar.set_postfix_str(", ".join(labels[k] for k in running.values() if k), refresh=True)
+                bar.set_postfix_str(", ".join(by_key[k].label for k in running.values() if k), refresh=True)
         try:
             if key is None:
                 proc.stdin.close()
             else:
-                proc.stdin.write(key + "\n")
+                proc.stdin.write(json.dumps(by_key[key].to_dict()) + "\n")
                 proc.stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
             pass
@@ -510,7 +512,7 @@ def run_workers(n: int, worker_argv: list[str], sweep: Sweep, todo: list[CellSpe
     for i, p in enumerate(procs):
         if p.returncode != 0:
             lost = running.get(i)
-            log(f"worker {i} exited with status {p.returncode}" + (f" while computing {labels[lost]}" if lost else ""))
+            log(f"worker {i} exited with status {p.returncode}" + (f" while computing {by_key[lost].label}" if lost else ""))
     for spec in todo:
         record = store.read(spec.key)
         if record is None or record.get("run_id") != run_id:
@@ -523,11 +525,16 @@ def run_workers(n: int, worker_argv: list[str], sweep: Sweep, todo: list[CellSpe
     return summary
 
 
-def serve_cells(cells: list[CellSpec], store: Store, source: ModelSource, run_id: str, stdin=None,
-                stdout=None) -> int:
-    """Worker side of `run_workers`: compute the cells whose keys arrive on stdin, one per line."""
+def worker_main(argv: list[str]) -> None:
+    """A worker process of `run_workers`: argv = SOFTMAX_DIR SOFTPICK_DIR DTYPE RESULTS_DIR RUN_ID."""
+    softmax, softpick, dtype, results_dir, run_id = argv
+    serve_cells(Store(results_dir), ModelSource(softmax, softpick, dtype), run_id)
+
+
+def serve_cells(store: Store, source: ModelSource, run_id: str, stdin=None, stdout=None) -> int:
+    """Worker side of `run_workers`: compute the cells whose specs arrive on stdin, one JSON per line
+    (`CellSpec.from_dict` checks that each key is the hash of its identity)."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    by_key = {c.key: c for c in cells}
     computed = 0
 
     def say(text: str) -> None:
@@ -536,19 +543,15 @@ def serve_cells(cells: list[CellSpec], store: Store, source: ModelSource, run_id
 
     say("@@ready")
     for raw in stdin:
-        key = raw.strip()
-        spec = by_key.get(key)
-        if spec is None:
-            say(f"unknown cell key {key!r} (the sweep file changed?)")
-        else:
-            previous = store.read(key)
-            if previous is None or previous["status"] != "done":
-                attempt = (previous or {}).get("attempt", 0) + 1
-                record = compute_cell(spec, source, run_id=run_id, attempt=attempt)
-                store.write(record)
-                stop_if_cuda_lost(record)
-                computed += 1
-                say(f"@@cell {key} {cell_line(record)}")
+        spec = CellSpec.from_dict(json.loads(raw))
+        previous = store.read(spec.key)
+        if previous is None or previous["status"] != "done":
+            attempt = (previous or {}).get("attempt", 0) + 1
+            record = compute_cell(spec, source, run_id=run_id, attempt=attempt)
+            store.write(record)
+            stop_if_cuda_lost(record)
+            computed += 1
+            say(f"@@cell {spec.key} {cell_line(record)}")
         say("@@ready")
     return computed
 

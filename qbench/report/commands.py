@@ -20,14 +20,16 @@ def register(subparsers) -> None:
 
 
 def cmd_table(args) -> int:
+    from .cells import load_grid
     from .tables import summary_screen, write_tables
 
     try:
-        written = write_tables(args.results_dir)
+        grid = load_grid(args.results_dir)
     except FileNotFoundError as err:
         print(f"qbench table: error: {err}", file=sys.stderr)
         return 2
-    print(summary_screen(args.results_dir))
+    written = write_tables(args.results_dir, grid)
+    print(summary_screen(args.results_dir, grid))
     folder = next(iter(written.values())).parent
     print(f"tables: {folder}/ ({', '.join(sorted(written))})")
     return 0

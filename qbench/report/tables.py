@@ -56,7 +56,7 @@ def bits_label(recipe: dict, bits: int | None) -> str:
     return f"{bits}-bit"
 
 
-def _cell_text(grid: Grid, entry: Entry, task: str, metric: str) -> str:
+def _cell_text(entry: Entry, task: str, metric: str) -> str:
     status = _status_text(entry)
     if status is not None:
         return status
@@ -64,7 +64,7 @@ def _cell_text(grid: Grid, entry: Entry, task: str, metric: str) -> str:
     return format_value(metric, value)
 
 
-def _columns(grid: Grid, recipe: dict) -> list[int | None]:
+def _columns(recipe: dict) -> list[int | None]:
     return [None] + sorted(recipe["bits"])
 
 
@@ -83,12 +83,12 @@ def _recipe_title(recipe: dict) -> str:
 def paper_tables(grid: Grid) -> list[Table]:
     out = []
     for recipe in grid.recipes:
-        cols = _columns(grid, recipe)
+        cols = _columns(recipe)
         rows = []
         for task, metric in grid.rows():
             row = [metric_label(task, metric)]
             for bits in cols:
-                sm, sp = (_cell_text(grid, _entry(grid, k, recipe, bits), task, metric) for k in KINDS)
+                sm, sp = (_cell_text(_entry(grid, k, recipe, bits), task, metric) for k in KINDS)
                 row.append(f"{sm} / {sp}")
             rows.append(row)
         caption = (f"{grid.caption()} Entries: softmax / softpick; accuracies in percent, perplexities "
@@ -149,7 +149,7 @@ def _delta_text(metric: str, d, se, status) -> str:
 def delta_tables(grid: Grid) -> list[Table]:
     out = []
     for recipe in grid.recipes:
-        cols = _columns(grid, recipe)
+        cols = _columns(recipe)
         rows_diff, rows_drop = [], []
         for task, metric in grid.rows():
             rd, rq = [metric_label(task, metric)], [metric_label(task, metric)]
@@ -213,6 +213,18 @@ def _loss(fp: float, q: float, se_fp, se_q, metric: str) -> tuple[float, float |
     return math.log(q / fp), _combined(*rel)
 
 
+def _losses(grid: Grid, recipe: dict, bits: int, task: str, metric: str) -> dict | None:
+    """{kind: (loss, stderr)} of one task metric at this cell (see _loss); None when a value is
+    missing (a cell not done, or a metric it lacks)."""
+    out = {}
+    for k in KINDS:
+        (fp, se_fp), (q, se_q) = (e.value(task, metric) for e in (grid.baseline(k), grid.entry(k, recipe["name"], bits)))
+        if fp is None or q is None:
+            return None
+        out[k] = _loss(fp, q, se_fp, se_q, metric)
+    return out
+
+
 def survival(grid: Grid, recipe: dict, bits: int) -> Survival:
     """Over the task metrics: which model lost less from its own full precision at this cell.
     A metric counts for a model when the difference of the two losses exceeds SIG_SE standard
@@ -223,13 +235,8 @@ def survival(grid: Grid, recipe: dict, bits: int) -> Survival:
             return Survival(status)
     out = Survival(None)
     for task, metric in grid.rows():
-        losses = {}
-        for k, (fp_e, q_e) in entries.items():
-            (fp, se_fp), (q, se_q) = fp_e.value(task, metric), q_e.value(task, metric)
-            if fp is None or q is None:
-                break
-            losses[k] = _loss(fp, q, se_fp, se_q, metric)
-        if len(losses) < 2:
+        losses = _losses(grid, recipe, bits, task, metric)
+        if losses is None:
             continue
         (l_sm, s_sm), (l_sp, s_sp) = losses["softmax"], losses["softpick"]
         if math.isnan(l_sm) or math.isnan(l_sp):
@@ -274,16 +281,10 @@ def summary_table(grid: Grid) -> Table:
 def growth_z(grid: Grid, recipe: dict, bits: int, task: str, metric: str) -> float | None:
     """(log growth of softmax - log growth of softpick) / its standard error: > 0 = softpick's
     perplexity grew less. None without stderrs (or when a cell is not done)."""
-    losses = []
-    for k in KINDS:
-        fp_e, q_e = grid.baseline(k), grid.entry(k, recipe["name"], bits)
-        if _status_text(fp_e) is not None or _status_text(q_e) is not None:
-            return None
-        (fp, se_fp), (q, se_q) = fp_e.value(task, metric), q_e.value(task, metric)
-        if fp is None or q is None:
-            return None
-        losses.append(_loss(fp, q, se_fp, se_q, metric))
-    (l_sm, s_sm), (l_sp, s_sp) = losses
+    losses = _losses(grid, recipe, bits, task, metric)
+    if losses is None:
+        return None
+    (l_sm, s_sm), (l_sp, s_sp) = losses["softmax"], losses["softpick"]
     se = _combined(s_sm, s_sp)
     if se is None or se <= 0 or not (math.isfinite(l_sm) and math.isfinite(l_sp)):
         return None
@@ -400,7 +401,7 @@ def _csv_value(entry: Entry, task: str, metric: str):
 def paper_csv(grid: Grid) -> str:
     rows = []
     for recipe in grid.recipes:
-        for bits in _columns(grid, recipe):
+        for bits in _columns(recipe):
             for task, metric in grid.rows():
                 row = [recipe["name"], recipe["method"], "FP" if bits is None else bits, task, metric]
                 for k in KINDS:
@@ -422,7 +423,7 @@ def _csv_diff(d, se, status):
 def deltas_csv(grid: Grid) -> str:
     rows = []
     for recipe in grid.recipes:
-        for bits in _columns(grid, recipe):
+        for bits in _columns(recipe):
             for task, metric in grid.rows():
                 sm, sp = (_entry(grid, k, recipe, bits) for k in KINDS)
                 row = [recipe["name"], "FP" if bits is None else bits, task, metric]
@@ -456,9 +457,10 @@ def summary_csv(grid: Grid) -> str:
     return _csv_text(header, rows)
 
 
-def write_tables(results_dir) -> dict[str, Path]:
-    """Write every table into RESULTS_DIR/tables/; returns {name: path}."""
-    grid = load_grid(results_dir)
+def write_tables(results_dir, grid: Grid | None = None) -> dict[str, Path]:
+    """Write every table into RESULTS_DIR/tables/; returns {name: path}. `grid`: the loaded cells
+    (default: load them)."""
+    grid = grid or load_grid(results_dir)
     out_dir = Path(results_dir) / "tables"
     out_dir.mkdir(parents=True, exist_ok=True)
     paper, deltas, summary = paper_tables(grid), delta_tables(grid), [summary_table(grid), *ppl_ratio_tables(grid)]
@@ -480,10 +482,10 @@ def write_tables(results_dir) -> dict[str, Path]:
     return written
 
 
-def summary_screen(results_dir) -> str:
+def summary_screen(results_dir, grid: Grid | None = None) -> str:
     """The summary for the terminal: the verdicts and the last perplexity's growth (the held-out
     perplexity in the paper's task set)."""
-    grid = load_grid(results_dir)
+    grid = grid or load_grid(results_dir)
     lines = [grid.caption()]
     ratios = ppl_ratio_tables(grid)
     for t in [summary_table(grid)] + ratios[-1:]:

@@ -44,7 +44,6 @@ from datetime import datetime, timezone
 from .spec import CellSpec, Sweep
 from .store import Store
 
-DTYPE_OF = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 def _now() -> str:
@@ -300,10 +299,13 @@ def short_metrics(metrics: dict | None) -> str:
     return " | ".join(parts)
 
 
+def _what(record: dict) -> str:
+    return "full precision" if record["recipe"] is None else f"{record['recipe']['name']} {record['bits']}-bit"
+
+
 def cell_line(record: dict, position: str = "", eta: str | None = None) -> str:
     model = record["model"]["kind"]
-    what = "full precision" if record["recipe"] is None else f"{record['recipe']['name']} {record['bits']}-bit"
-    head = f"{position} {record['status']:6s} {model:8s} {what:22s} {_fmt_seconds(record['seconds']):>6s}".strip()
+    head = f"{position} {record['status']:6s} {model:8s} {_what(record):22s} {_fmt_seconds(record['seconds']):>6s}".strip()
     if record["status"] == "failed":
         body = (record["error"] or "").splitlines()[0][:200] if record["error"] else ""
     else:
@@ -325,8 +327,9 @@ class Plan:
 
     @property
     def todo(self) -> list[CellSpec]:
-        order = {c.key: i for i, c in enumerate(self.cells)}
-        return sorted(self.retry + self.pending, key=lambda c: order[c.key])
+        """The cells to compute (failed and missing), in the sweep's order."""
+        done = {c.key for c in self.cached}
+        return [c for c in self.cells if c.key not in done]
 
 
 def plan(cells: list[CellSpec], store: Store) -> Plan:
@@ -371,15 +374,19 @@ def _writer(bar, log):
     return write
 
 
+def _progress_bar(total: int, cached: int, progress: bool, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=cached, unit="cell", dynamic_ncols=True, disable=None if progress else True,
+                desc=desc, file=sys.stderr)
+
+
 def run_cells(todo: list[CellSpec], store: Store, source: ModelSource, *, run_id: str, previous: dict,
               total: int, cached: int, progress: bool = True, desc: str = "cells", log=_print) -> Summary:
     """Compute `todo` in this process, writing each record as soon as it is done."""
-    from tqdm import tqdm
-
     summary = Summary(total=total, cached=cached)
     t_start = time.perf_counter()
-    bar = tqdm(total=total, initial=cached, unit="cell", dynamic_ncols=True, disable=None if progress else True,
-               desc=desc, file=sys.stderr)
+    bar = _progress_bar(total, cached, progress, desc)
     write = _writer(bar, log)
     computed_seconds = []
     try:
@@ -436,13 +443,10 @@ def run_workers(n: int, sweep: Sweep, todo: list[CellSpec], store: Store, *,
     worker the next cell's spec (JSON, `CellSpec.to_dict`) over its stdin, so no cell goes to two
     workers and a slow cell does not hold up the others. Workers report `@@cell KEY LINE` after
     storing a cell and `@@ready` when they want the next one; the parent draws the progress bar."""
-    from tqdm import tqdm
-
     envs = worker_devices(n, sweep.device)
     summary = Summary(total=total, cached=cached)
     t_start = time.perf_counter()
-    bar = tqdm(total=total, initial=cached, unit="cell", dynamic_ncols=True, disable=None if progress else True,
-               desc=f"{sweep.name} ({n} workers)", file=sys.stderr)
+    bar = _progress_bar(total, cached, progress, f"{sweep.name} ({n} workers)")
     write = _writer(bar, log)
     lock = threading.Lock()
     queue = [c.key for c in todo]
@@ -569,9 +573,8 @@ def summary_text(summary: Summary, store: Store) -> str:
     if summary.failed:
         lines.append("failed cells (a rerun retries them):")
         for r in summary.failed:
-            what = "full precision" if r["recipe"] is None else f"{r['recipe']['name']} {r['bits']}-bit"
             err = (r["error"] or "").splitlines()[0][:300] if r["error"] else "?"
-            lines.append(f"  {r['model']['kind']:8s} {what:22s} {err}  [{store.path(r['key'])}]")
+            lines.append(f"  {r['model']['kind']:8s} {_what(r):22s} {err}  [{store.path(r['key'])}]")
     if summary.not_run:
         lines.append("cells not run (a worker stopped early; rerun the sweep):")
         for spec in summary.not_run:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,6 @@ class CellSpec:
     eval: dict
     tasks_dir: str
     sweep: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def recipe_name(self) -> str:

@@ -155,10 +155,6 @@ class Store:
             return None
         return record
 
-    def status(self, key: str) -> str | None:
-        record = self.read(key)
-        return record["status"] if record else None
-
     def keys(self) -> list[str]:
         if not self.cells_dir.is_dir():
             return []

@@ -7,19 +7,16 @@ difference), and per store the summed cell time split into copy / quantize / eva
 seconds and the thread counts the cells ran with. Exit code 1 when any shared cell's metrics differ.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from qbench.sweep.store import Store
 
 PHASES = ("copy", "calibration_batch", "quantize", "evaluate")
 
 
 def load_cells(store: Path) -> dict:
-    cells = {}
-    for f in sorted((store / "cells").glob("*.json")):
-        cell = json.loads(f.read_text())
-        if cell.get("status") == "done":
-            cells[cell["key"]] = cell
+    cells = {key: r for key, r in Store(store).records().items() if r["status"] == "done"}
     if not cells:
         raise SystemExit(f"{store}: no finished cells in {store / 'cells'}")
     return cells

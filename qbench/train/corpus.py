@@ -21,7 +21,6 @@ import gzip
 import hashlib
 import html
 import json
-import os
 import re
 import shutil
 import struct
@@ -35,7 +34,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from qbench.files import file_sha256, make_writable_dir
+from qbench.files import atomic_write_text, file_sha256, make_writable_dir
 from qbench.paths import CORPUS_DIR, DOWNLOADS_DIR
 
 DOC_SEPARATOR = "\u241e"                 # SYMBOL FOR RECORD SEPARATOR, alone on its line
@@ -671,7 +670,7 @@ def write_corpus(out_dir, texts: list[tuple[str, list[str]]], sources: list[dict
         if not docs:
             raise CorpusError(f"split {split} is empty: too few documents for the held-out fraction")
         path = out_dir / f"{split}.txt"
-        _write_atomic(path, DOC_LINE.join(docs) + "\n")
+        atomic_write_text(path, DOC_LINE.join(docs) + "\n")
         files[path.name] = {"documents": len(docs), "bytes": path.stat().st_size,
                             "sha256": file_sha256(path)}
     manifest = {
@@ -685,7 +684,7 @@ def write_corpus(out_dir, texts: list[tuple[str, list[str]]], sources: list[dict
         "sources": sources,
         "heldout_ids": heldout_ids,
     }
-    _write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     return manifest
 
 
@@ -695,23 +694,3 @@ def _writable(out_dir) -> Path:
     except OSError as err:
         raise CorpusError(f"cannot write the corpus to {out_dir}: {err}") from err
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Build the qbench training corpus.")
-    parser.add_argument("--out", type=Path, default=CORPUS_DIR)
-    args = parser.parse_args()
-    try:
-        m = build_corpus(args.out)
-    except CorpusError as err:
-        sys.exit(f"corpus: error: {err}")
-    for name, f in m["files"].items():
-        print(f"{name:22s} {f['documents']:7d} documents {f['bytes'] / 1e6:8.2f} MB")

@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..files import file_sha256, make_writable_dir
+from ..files import atomic_write_text, file_sha256, make_writable_dir
 from ..paths import CORPUS_DIR, REPO_ROOT
 from .presets import COMMON, PRESETS
 
@@ -629,9 +629,7 @@ def train_model(spec: RunSpec, inputs: Inputs | None = None):
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------

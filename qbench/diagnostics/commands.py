@@ -17,29 +17,16 @@ from .api import DEFAULT_TEXT, DEFAULTS
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _existing(path: str, base: Path) -> Path:
-    """A path from a sweep file: as given (relative to the working folder), else relative to `base`."""
-    p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
-        return p
-    return base / p if (base / p).exists() else p
-
-
 def pair_from_sweep(sweep_file: Path) -> tuple[Path, Path, Path | None]:
-    """(softmax dir, softpick dir, results dir if one exists) from a sweep YAML's `pair` and `name`."""
-    from ..sweep.spec import read_sweep_file
+    """(softmax dir, softpick dir, results dir if one exists) from a sweep YAML's `pair` and `name`
+    (read as `qbench sweep` reads them; raises SweepError)."""
+    from ..sweep.spec import SweepError, _resolve_path, read_sweep_file, resolve_pair
 
-    data, _ = read_sweep_file(sweep_file)   # follows `extends:`
-    pair = data.get("pair")
-    if pair in (None, "bundled", "default"):
-        softmax, softpick = paths.BUNDLED_SOFTMAX, paths.BUNDLED_SOFTPICK
-    elif isinstance(pair, dict) and {"softmax", "softpick"} <= set(pair):
-        softmax = _existing(str(pair["softmax"]), paths.REPO_ROOT)
-        softpick = _existing(str(pair["softpick"]), paths.REPO_ROOT)
-    else:
-        raise ValueError(f"{sweep_file}: `pair` must be a mapping with softmax and softpick (got {pair!r})")
-    results = data.get("results") or (paths.REPO_ROOT / "results" / str(data["name"]) if data.get("name") else None)
-    results = _existing(str(results), paths.REPO_ROOT) if results else None
+    data, source = read_sweep_file(sweep_file)   # follows `extends:`
+    if "pair" not in data:
+        raise SweepError(source, "pair", "missing (required)")
+    softmax, softpick = resolve_pair(data["pair"], source)
+    results = _resolve_path(f"results/{data['name']}", source, "name") if data.get("name") else None
     return softmax, softpick, (results if results is not None and results.is_dir() else None)
 
 

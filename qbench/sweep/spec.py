@@ -189,6 +189,16 @@ def _opt_int(raw, source, name, minimum=1):
     return raw
 
 
+def resolve_pair(pair, source) -> tuple[Path, Path]:
+    """The (softmax, softpick) folders of a sweep file's `pair` field (paths not checked yet)."""
+    if pair == "bundled":
+        pair = {"softmax": str(paths.BUNDLED_SOFTMAX), "softpick": str(paths.BUNDLED_SOFTPICK)}
+    if not isinstance(pair, dict) or set(pair) != set(KINDS):
+        raise SweepError(source, "pair", f"expected {{softmax: PATH, softpick: PATH}} or 'bundled', got {pair!r}")
+    return (_resolve_path(pair["softmax"], source, "pair.softmax"),
+            _resolve_path(pair["softpick"], source, "pair.softpick"))
+
+
 def read_sweep_file(path, _children: tuple = ()) -> tuple[dict, str]:
     """The sweep file's fields; `extends: OTHER.yaml` (relative to this file) takes OTHER's fields
     and lets this file override any of them (e.g. the same grid on another pair)."""
@@ -354,13 +364,7 @@ def load_sweep(path, *, results_dir=None, device: str | None = None, limit: int 
         raise SweepError(source, "dtype", f"{dtype!r} is not one of {['auto', *DTYPES]}")
 
     # the pair
-    pair = data["pair"]
-    if pair == "bundled":
-        pair = {"softmax": str(paths.BUNDLED_SOFTMAX), "softpick": str(paths.BUNDLED_SOFTPICK)}
-    if not isinstance(pair, dict) or set(pair) != set(KINDS):
-        raise SweepError(source, "pair", f"expected {{softmax: PATH, softpick: PATH}} or 'bundled', got {pair!r}")
-    softmax = _resolve_path(pair["softmax"], source, "pair.softmax")
-    softpick = _resolve_path(pair["softpick"], source, "pair.softpick")
+    softmax, softpick = resolve_pair(data["pair"], source)
     try:
         check_pair(softmax, softpick)
     except PairError as err:

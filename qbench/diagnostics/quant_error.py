@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 
 LAYER_RE = re.compile(r"layers\.(\d+)\.(.+)$")
-ERROR_KEYS = ("weight_error", "rel_error", "relative_error", "rel_err", "error")
 
 
 def _cells_dir(results) -> Path:
@@ -28,27 +27,9 @@ def _cells_dir(results) -> Path:
 
 
 def _layer_errors(report: dict) -> dict[str, float]:
-    """{module name: relative weight error} from a quant report, whatever its layers' shape."""
-    layers = report.get("layers") or {}
-    items = layers.items() if isinstance(layers, dict) else ((e.get("name"), e) for e in layers if isinstance(e, dict))
-    out = {}
-    for name, entry in items:
-        value = entry if isinstance(entry, (int, float)) else next(
-            (entry[k] for k in ERROR_KEYS if isinstance(entry, dict) and k in entry), None)
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            continue
-        if name and math.isfinite(value):
-            out[str(name)] = value
-    return out
-
-
-def _recipe_name(cell: dict) -> str:
-    recipe = cell.get("recipe")
-    if isinstance(recipe, dict):
-        recipe = recipe.get("name") or recipe.get("method")
-    return str(recipe or (cell.get("quant_report") or {}).get("recipe") or "?")
+    """{module name: relative weight error} from a cell's quant report (qbench.quant.QuantReport)."""
+    return {layer["name"]: float(layer["weight_error"]) for layer in report.get("layers") or []
+            if math.isfinite(layer["weight_error"])}
 
 
 def read_quant_errors(results, hashes: dict[str, str] | None = None, num_layers: int | None = None) -> dict:
@@ -66,16 +47,15 @@ def read_quant_errors(results, hashes: dict[str, str] | None = None, num_layers:
         except (OSError, json.JSONDecodeError):
             skipped["unreadable"] += 1
             continue
-        model = cell.get("model") or {}
-        kind = model.get("kind") if isinstance(model, dict) else str(model)
-        if hashes and isinstance(model, dict) and model.get("hash") and hashes.get(kind) not in (None, model["hash"]):
+        kind, model_hash = cell["model"]["kind"], cell["model"]["hash"]
+        if hashes and hashes.get(kind) not in (None, model_hash):
             skipped["other_checkpoint"] += 1
             continue
         errors = _layer_errors(cell.get("quant_report") or {})
         if not errors:
             skipped["no_report"] += 1
             continue
-        key = (kind, _recipe_name(cell), cell.get("bits"))
+        key = (kind, cell["recipe"]["name"], cell["bits"])
         if key in seen:
             continue
         seen.add(key)

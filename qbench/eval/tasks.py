@@ -126,10 +126,11 @@ def task_fingerprint(names: list[str], tasks_dir: Path | None = None) -> dict[st
 
     tasks_dir = Path(tasks_dir or paths.TASKS_DIR).resolve()
     manifest = data.read_manifest(tasks_dir) or {}
+    yamls = data.task_yamls(tasks_dir)
     out = {}
     for name in names:
         if name in OFFLINE_TASKS and name in manifest.get("tasks", {}):
-            yml = data.task_yamls(tasks_dir)[name].replace(str(tasks_dir), "<TASKS_DIR>")
+            yml = yamls[name].replace(str(tasks_dir), "<TASKS_DIR>")
             out[name] = hashlib.sha256((manifest["tasks"][name]["sha256"] + yml).encode()).hexdigest()[:16]
         elif name in OFFLINE_TASKS:
             out[name] = "not prepared"

@@ -599,7 +599,7 @@ def source_documents(source: Source, root: Path) -> list[str]:
     return docs
 
 
-def _progress(iterable, **kw):
+def progress(iterable, **kw):
     try:
         from tqdm import tqdm
     except ImportError:
@@ -615,7 +615,7 @@ def build_corpus(out_dir=CORPUS_DIR, sources: Iterable[Source] = SOURCES, downlo
     sources = list(sources)
     texts, meta = [], []
     with tempfile.TemporaryDirectory(prefix="qbench-corpus-") as tmp:
-        for source in _progress(sources, desc="corpus sources", unit="pkg"):
+        for source in progress(sources, desc="corpus sources", unit="pkg"):
             archive = fetch(source, downloads)
             root, version = unpack(source, archive, Path(tmp) / source.name)
             license_name, license_text = read_license(source, root)

@@ -44,7 +44,3 @@ PRESETS = {
         "eval_windows": 64, "save_dtype": "bfloat16",
     },
 }
-
-
-def preset_names() -> list[str]:
-    return list(PRESETS)

@@ -14,26 +14,18 @@ import json
 import os
 from pathlib import Path
 
-from qbench.train.corpus import CorpusError, read_documents
+from qbench.train.corpus import CorpusError, progress, read_documents
 
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 SPECIAL_TOKENS = [UNK, BOS, EOS]          # ids 0, 1, 2
 MIN_FREQUENCY = 2
 
 
-def _split_file(corpus_dir: Path, split: str) -> Path:
+def split_file(corpus_dir: Path, split: str) -> Path:
     for name in (f"{split}.txt", f"{split}.txt.gz"):
         if (corpus_dir / name).is_file():
             return corpus_dir / name
     raise CorpusError(f"no {split}.txt in {corpus_dir} (build the corpus first: `qbench data corpus`)")
-
-
-def _progress(iterable, **kw):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, **kw)
 
 
 def build_tokenizer(documents, vocab_size: int = 8192):
@@ -79,7 +71,7 @@ def train_tokenizer(corpus_dir, out_dir, vocab_size: int = 8192) -> Path:
     """Train a byte-level BPE on the corpus's train split (never on held-out text) and save it
     to `out_dir` in the standard files. Deterministic for the same corpus."""
     corpus_dir = Path(corpus_dir)
-    docs = read_documents(_split_file(corpus_dir, "train"))
+    docs = read_documents(split_file(corpus_dir, "train"))
     print(f"training a {vocab_size}-token byte-level BPE on {len(docs)} documents ...", flush=True)
     return save_tokenizer(build_tokenizer(docs, vocab_size), out_dir)
 
@@ -99,16 +91,25 @@ def encode_corpus(corpus_dir, tokenizer_dir, out_path, split: str = "train", bat
     bos, eos = tok.token_to_id(BOS), tok.token_to_id(EOS)
     if bos is None or eos is None:
         raise CorpusError(f"{tokenizer_file} has no {BOS} / {EOS} tokens")
-    docs = read_documents(_split_file(Path(corpus_dir), split))
+    docs = read_documents(split_file(Path(corpus_dir), split))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    parts = []
-    for start in _progress(range(0, len(docs), batch_size), desc=f"encoding {split}", unit="batch"):
-        for enc in tok.encode_batch(docs[start:start + batch_size], add_special_tokens=False):
-            parts.append(np.asarray([bos] + enc.ids + [eos], dtype=np.uint16))
-    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
+    ids = encode_stream(tok, docs, bos, eos, np.uint16, batch_size, desc=f"encoding {split}")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp.npy")
+    tmp = out_path.with_name(f"{out_path.name}.tmp{os.getpid()}.npy")   # concurrent encoders never collide
     np.save(tmp, ids)
     os.replace(tmp, out_path)
     return ids
+
+
+def encode_stream(tok, docs: list[str], bos: int, eos: int, dtype, batch_size: int = 1024, desc: str | None = None):
+    """<s> doc </s> per document, concatenated: the layout of the training token file. `tok`: a
+    `tokenizers.Tokenizer`; `desc`: show a progress bar with this label."""
+    import numpy as np
+
+    starts = range(0, len(docs), batch_size)
+    parts = []
+    for start in progress(starts, desc=desc, unit="batch") if desc else starts:
+        for enc in tok.encode_batch(docs[start:start + batch_size], add_special_tokens=False):
+            parts.append(np.asarray([bos, *enc.ids, eos], dtype=dtype))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ..files import atomic_write_text, file_sha256, make_writable_dir
 from ..paths import CORPUS_DIR, REPO_ROOT
+from .corpus import CorpusError
 from .presets import COMMON, PRESETS
 
 KINDS = ("softmax", "softpick")
@@ -77,11 +78,14 @@ def default_tokenizer_dir(corpus_dir: Path | None = None) -> Path:
 
 
 def default_heldout(corpus_dir: Path | None = None) -> Path:
-    corpus_dir = corpus_dir or CORPUS_DIR
-    for name in ("heldout_eval.txt", "heldout_eval.txt.gz"):
-        if (Path(corpus_dir) / name).is_file():
-            return Path(corpus_dir) / name
-    return Path(corpus_dir) / "heldout_eval.txt"
+    """corpus_dir/heldout_eval.txt(.gz); the plain name when neither exists (reported when used)."""
+    from .tokenizer import split_file
+
+    corpus_dir = Path(corpus_dir or CORPUS_DIR)
+    try:
+        return split_file(corpus_dir, "heldout_eval")
+    except CorpusError:
+        return corpus_dir / "heldout_eval.txt"
 
 
 def default_token_file(corpus_dir: Path | None = None, tokenizer_dir: Path | None = None) -> Path:
@@ -98,20 +102,15 @@ def default_token_file(corpus_dir: Path | None = None, tokenizer_dir: Path | Non
     cache = corpus_dir / TOKEN_CACHE
     made_from = {"train_txt_sha256": file_sha256(train_txt),
                  "tokenizer_json_sha256": file_sha256(tokenizer_dir / "tokenizer.json")}
-    if cache.is_file() and _read_sidecar(cache) is not None:
-        if {k: _read_sidecar(cache).get(k) for k in made_from} == made_from:
-            return cache
+    made = _read_sidecar(cache) if cache.is_file() else None
+    if made is not None and {k: made.get(k) for k in made_from} == made_from:
+        return cache
     from .tokenizer import encode_corpus
 
-    tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
     print(f"qbench train: encoding {train_txt} -> {cache} (once per corpus and tokenizer)", file=sys.stderr)
-    try:
-        ids = encode_corpus(corpus_dir, tokenizer_dir, tmp)
-        os.replace(tmp, cache)
-        _write_json(_sidecar(cache), {**made_from, "tokens": int(len(ids)),
-                                      "layout": "<s> doc </s> per document of train.txt, uint16, numpy.save"})
-    finally:
-        tmp.unlink(missing_ok=True)
+    ids = encode_corpus(corpus_dir, tokenizer_dir, cache)   # written atomically
+    _write_json(_sidecar(cache), {**made_from, "tokens": int(len(ids)),
+                                  "layout": "<s> doc </s> per document of train.txt, uint16, numpy.save"})
     return cache
 
 
@@ -190,10 +189,9 @@ def encode_documents(tokenizer, docs: list[str]):
     """<s> doc </s> per document, concatenated: the layout `encode_corpus` gives the training tokens."""
     import numpy as np
 
-    encodings = tokenizer.backend_tokenizer.encode_batch(docs, add_special_tokens=False) if docs else []
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    parts = [np.array([bos, *enc.ids, eos], dtype=np.int64) for enc in encodings]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    from .tokenizer import encode_stream
+
+    return encode_stream(tokenizer.backend_tokenizer, docs, tokenizer.bos_token_id, tokenizer.eos_token_id, np.int64)
 
 
 def heldout_windows(path: Path, tokenizer, context: int, n_windows: int):
@@ -247,7 +245,6 @@ class WindowSampler:
         self.n_tokens, self.window, self.batch_size = n_tokens, window, batch_size
         self.rng = np.random.default_rng(seed)
         self.queue = np.zeros(0, dtype=np.int64)
-        self.epochs = 0
 
     def next_starts(self):
         import numpy as np
@@ -259,7 +256,6 @@ class WindowSampler:
             count = (self.n_tokens - offset) // self.window
             starts = offset + self.window * self.rng.permutation(count)
             self.queue = np.concatenate([self.queue, starts])
-            self.epochs += 1
         starts, self.queue = self.queue[: self.batch_size], self.queue[self.batch_size:]
         return starts
 
@@ -830,12 +826,7 @@ def cmd_train(args) -> int:
         else:
             summary = train_one(spec)
             print(format_summary(summary, spec.out))
-    except TrainError as err:
-        print(f"qbench: error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # the corpus code's CorpusError (missing split or tokenizer file)
-        if type(err).__name__ != "CorpusError":
-            raise
+    except (TrainError, CorpusError) as err:   # CorpusError: a missing split or tokenizer file
         print(f"qbench: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -51,7 +51,7 @@ def compile_report(head_dims=(32, 64, 128), dtype="bf16", arch=90):
 
     bindir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     target = GPUTarget("cuda", arch, 64)
-    ptr16 = {"Q", "K", "V", "O", "ORES", "DO", "DQ", "DK", "DV"}
+    ptr16 = {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV"}
     flt = {"qk_scale", "eps", "sm_scale"}
     cexpr = {"HEAD_DIM", "BLOCK_M", "BLOCK_N", "FEW_KEYS"}
 
@@ -129,36 +129,13 @@ def bench(fn, grad_to_none=None, rep=200):
     return triton.testing.do_bench(fn, warmup=50, rep=rep, grad_to_none=grad_to_none, return_mode="median")
 
 
-def softpick_torch_reference():
-    """The model's plain-torch softpick (T x T); a local copy of the same formula if qbench's
-    package cannot be imported here."""
-    try:
-        from qbench.attention.reference import softpick_reference
-
-        return softpick_reference, "qbench.attention.reference.softpick_reference"
-    except Exception:  # noqa: BLE001
-        def ref(q, k, v, key_mask=None, eps=1e-6):
-            s = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
-            t = q.shape[-2]
-            valid = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-            s = s.masked_fill(~valid, 0.0)
-            m = s.amax(-1, keepdim=True).clamp_min(0.0).detach()
-            a = (torch.exp(s - m) - torch.exp(-m)).masked_fill(~valid, 0.0)
-            return ((torch.relu(a) / (a.abs().sum(-1, keepdim=True) + eps)) @ v.float()).to(q.dtype)
-
-        return ref, "local copy of the reference formula"
-
-
 def reference64(q, k, v):
-    """float64 causal softpick (detached shift), for the spot check."""
+    """float64 causal softpick (qbench's reference formula), for the spot check."""
+    from qbench.attention.reference import causal_valid_mask, softpick
+
     q, k, v = q.double(), k.double(), v.double()
-    t, d = q.shape[-2], q.shape[-1]
-    s = (q @ k.transpose(-1, -2)) / math.sqrt(d)
-    valid = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-    s = s.masked_fill(~valid, 0.0)
-    m = s.amax(-1, keepdim=True).clamp_min(0.0).detach()
-    a = (torch.exp(s - m) - torch.exp(-m)).masked_fill(~valid, 0.0)
-    return (torch.relu(a) / (a.abs().sum(-1, keepdim=True) + 1e-6)) @ v
+    s = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    return softpick(s, causal_valid_mask(q.shape[-2], None, q.device)) @ v
 
 
 def rel(x, r):
@@ -304,7 +281,9 @@ def main(argv=None):
     t_start = time.time()
     ts = [1024, 4096] if args.quick else [512, 1024, 2048, 4096, 8192]
     mem_ts = [1024, 2048, 4096, 8192] if args.quick else [1024, 2048, 4096, 8192, 16384, 32768]
-    reference, ref_name = softpick_torch_reference()
+    from qbench.attention.reference import softpick_reference as reference
+
+    ref_name = "qbench.attention.reference.softpick_reference"
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python benchmarks/attention.py " + " ".join(sys.argv[1:] if argv is None else argv),

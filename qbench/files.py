@@ -4,12 +4,16 @@ import os
 from pathlib import Path
 
 
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
+def update_digest(digest, path):
+    """Feed a file's bytes into a hashlib digest, in chunks; returns the digest."""
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()
+    return digest
+
+
+def file_sha256(path) -> str:
+    return update_digest(hashlib.sha256(), path).hexdigest()
 
 
 def make_writable_dir(folder) -> Path:

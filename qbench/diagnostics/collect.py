@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..attention.reference import repeat_kv, softpick
+from ..files import file_sha256
 from .metrics import Moments, attention_row_stats, causal_mask
 
 MAPS_BUDGET = 256 * 2 ** 20
@@ -59,7 +60,7 @@ def read_documents(text) -> tuple[list[str], str]:
     path = Path(text)
     if not path.is_file():
         raise FileNotFoundError(f"held-out text not found: {path}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_sha256(path)
     docs = read_heldout(path)
     return docs, f"{path} (sha256 {digest[:16]}, {len(docs)} documents)"
 

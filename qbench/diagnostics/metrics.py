@@ -149,10 +149,6 @@ class Moments:
     def kurtosis(self) -> float:
         return self.n * self.m4 / self.m2 ** 2 if self.m2 > 0 else float("nan")
 
-    @property
-    def max_abs(self) -> float:
-        return max(abs(self.min), abs(self.max))
-
     def as_list(self) -> list:
         return [self.n, self.mean, self.m2, self.m3, self.m4, self.min, self.max]
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .config import ATTN_IMPLS, QBenchConfig
+from ..files import file_sha256, update_digest
+from .config import QBenchConfig
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # config fields that must agree between the two models of a pair
@@ -69,8 +70,6 @@ def read_config(folder: Path) -> QBenchConfig:
         raise PairError(f"{config_file}: not valid JSON ({err})") from None
     if raw.get("model_type") != "transformer":
         raise PairError(f"{config_file}: model_type is {raw.get('model_type')!r}, expected 'transformer'")
-    if raw.get("attn_impl") not in ATTN_IMPLS:
-        raise PairError(f"{config_file}: attn_impl {raw.get('attn_impl')!r} is not one of {sorted(ATTN_IMPLS)}")
     config = QBenchConfig.from_dict(raw)
     try:
         config.check_supported()
@@ -94,9 +93,7 @@ def checkpoint_hash(path) -> str:
         p.name for p in folder.glob("*token*") if p.is_file())
     for name in names:
         digest.update(name.encode())
-        with open(folder / name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+        update_digest(digest, folder / name)
     return digest.hexdigest()[:16]
 
 
@@ -143,7 +140,7 @@ def _tokenizer_fingerprint(folder: Path) -> dict:
     files = {p.name: p for p in folder.iterdir() if p.name in ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt")}
     if not files:
         raise PairError(f"{folder}: no tokenizer files (tokenizer.json or tokenizer.model)")
-    return {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in files.items()}
+    return {name: file_sha256(p) for name, p in files.items()}
 
 
 def load_pair(softmax_path, softpick_path, device="cpu", dtype=torch.float32) -> Pair:

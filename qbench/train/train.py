@@ -702,15 +702,13 @@ def _run_children(spec: RunSpec, inputs: Inputs, root: Path) -> dict:
 
     preset = resolve_preset(spec.preset, spec.steps, spec.batch_size)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    if spec.device == "cpu":  # two processes share the cores instead of fighting over all of them
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // 2))
-    gpus = _one_gpu_each(spec.device)
+    child_env = _child_envs(spec.device)
     procs, logs, bars = {}, {}, {}
     for i, kind in enumerate(KINDS):
         (root / kind / LOG_FILE).unlink(missing_ok=True)
         logs[kind] = open(root / f"{kind}.log", "w")
         procs[kind] = subprocess.Popen(_child_argv(spec, inputs, kind, root / kind), stdout=logs[kind],
-                                       stderr=subprocess.STDOUT, env={**env, **gpus[i]}, cwd=REPO_ROOT)
+                                       stderr=subprocess.STDOUT, env={**env, **child_env[i]}, cwd=REPO_ROOT)
         bars[kind] = tqdm(total=preset["steps"], desc=f"{spec.preset} {kind}", unit="step", position=i,
                           disable=not spec.progress, mininterval=1.0 if sys.stderr.isatty() else 30.0)
     try:
@@ -743,13 +741,16 @@ def _run_children(spec: RunSpec, inputs: Inputs, root: Path) -> dict:
     return {kind: json.loads((root / kind / SUMMARY_FILE).read_text()) for kind in KINDS}
 
 
-def _one_gpu_each(device: str) -> list[dict]:
-    """Environment overrides giving each of the two children a GPU of its own, when two are visible
-    and the device is not pinned (cuda:N); else none (both share the one device)."""
-    if device not in ("auto", "cuda") or not _cuda_available():
-        return [{}, {}]
+def _child_envs(device: str) -> list[dict]:
+    """Environment overrides of the two children: on the CPU half the cores each (instead of both
+    fighting over all of them); on CUDA a GPU each when two are visible and the device is not
+    pinned (cuda:N), else none (both share the one device)."""
     from ..sweep.runner import worker_devices
 
+    if device == "cpu":
+        return worker_devices(len(KINDS), "cpu")
+    if device not in ("auto", "cuda") or not _cuda_available():
+        return [{}, {}]
     try:
         return worker_devices(len(KINDS), "cuda")
     except ValueError:  # one GPU visible

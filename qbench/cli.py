@@ -41,11 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .model import PairError
+    from .errors import QBenchError
     try:
         return args.func(args) or 0
-    except (PairError, FileNotFoundError) as err:
-        print(f"qbench: error: {err}", file=sys.stderr)
+    except QBenchError as err:
+        print(f"qbench {args.command}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -32,15 +32,23 @@ def causal_valid_mask(t: int, key_mask: torch.Tensor | None, device) -> torch.Te
     return valid
 
 
-def attention_weights(q, k, kind: str, key_mask=None) -> torch.Tensor:
-    """Full [B, H, T, T] attention maps in float32 (softmax or softpick). k already has H heads."""
+def attention_weights(q, k, kind: str, key_mask=None, quant=None) -> torch.Tensor:
+    """Full [B, H, T, T] attention maps in float32 (softmax or softpick). k already has H heads.
+    `quant` (see qbench.attention): its `scores` and `probs` callables fake-quantize the scores
+    (after masking is decided) and the normalised maps."""
     scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if quant is not None and getattr(quant, "scores", None):
+        scores = quant.scores(scores)
     valid = causal_valid_mask(q.shape[-2], key_mask, q.device)
     if kind == "softpick":
-        return softpick(scores, valid)
-    # a query that sees no key (only with left padding) keeps its own position: no NaN rows
-    valid = valid | torch.eye(q.shape[-2], dtype=torch.bool, device=q.device)
-    return torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=-1)
+        weights = softpick(scores, valid)
+    else:
+        # a query that sees no key (only with left padding) keeps its own position: no NaN rows
+        valid = valid | torch.eye(q.shape[-2], dtype=torch.bool, device=q.device)
+        weights = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=-1)
+    if quant is not None and getattr(quant, "probs", None):
+        weights = quant.probs(weights)
+    return weights
 
 
 def softpick_reference(q, k, v, key_mask=None, eps: float = SOFTPICK_EPS):

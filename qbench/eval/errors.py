@@ -1,8 +1,9 @@
 """Errors of the evaluation area: each says what is wrong and how to fix it (the CLI prints them
 without a traceback)."""
+from ..errors import QBenchError
 
 
-class EvalError(ValueError):
+class EvalError(QBenchError, ValueError):
     """Base class of qbench.eval's user-facing errors."""
 
 

@@ -46,6 +46,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, kvh * d, bias=config.qkv_bias)
         self.v_proj = nn.Linear(config.hidden_size, kvh * d, bias=config.qkv_bias)
         self.o_proj = nn.Linear(h * d, config.hidden_size, bias=False)
+        self.attn_quant = None   # an attention-side quantizer (qbench.attention: `quant`), or None
 
     def forward(self, x, cos, sin, key_mask, need_weights):
         b, t, _ = x.shape
@@ -54,7 +55,8 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(b, t, -1, d).transpose(1, 2)
         v = self.v_proj(x).view(b, t, -1, d).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out, weights = attend(q, k, v, self.config.attention_kind, key_mask, need_weights)
+        out, weights = attend(q, k, v, self.config.attention_kind, key_mask, need_weights,
+                              self.attn_quant)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), weights
 
 

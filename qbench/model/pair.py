@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import QBenchError
 from ..files import file_sha256, update_digest
 from .config import QBenchConfig
 
@@ -16,7 +17,7 @@ ARCHITECTURE_FIELDS = ("hidden_size", "num_hidden_layers", "num_heads", "kv_head
                        "rope_theta", "norm_eps", "tie_word_embeddings", "qkv_bias", "bos_token_id", "eos_token_id")
 
 
-class PairError(ValueError):
+class PairError(QBenchError, ValueError):
     """The two checkpoints are not a usable softmax/softpick pair, or one cannot be read."""
 
 

@@ -16,9 +16,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..errors import QBenchError
+
 
 # --------------------------------------------------------------------------- errors
-class QuantError(Exception):
+class QuantError(QBenchError):
     """Base class of qbench.quant errors."""
 
 

@@ -47,6 +47,7 @@ from typing import Any
 import yaml
 
 from .. import paths
+from ..errors import QBenchError
 from ..files import file_sha256
 
 KEY_SCHEMA = 1           # bump when the identity's layout changes
@@ -62,7 +63,7 @@ DEFAULT_CALIBRATION_TEXT = paths.BUNDLED_HELDOUT / "heldout_calib.txt.gz"
 KINDS = ("softmax", "softpick")
 
 
-class SweepError(ValueError):
+class SweepError(QBenchError, ValueError):
     """A sweep file (or an option overriding it) that cannot run. Names the file and the field."""
 
     def __init__(self, source, field_name: str | None, problem: str):

@@ -20,6 +20,7 @@ import os
 import re
 from pathlib import Path
 
+from ..errors import QBenchError
 from ..files import atomic_write_text, make_writable_dir
 
 CELLS = "cells"
@@ -28,7 +29,7 @@ KEY_RE = re.compile(r"^[0-9a-f]{16,64}$")
 STATUSES = ("done", "failed")
 
 
-class StoreError(RuntimeError):
+class StoreError(QBenchError, RuntimeError):
     """The results folder cannot be used (not writable, not a folder, ...)."""
 
 

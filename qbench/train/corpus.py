@@ -34,6 +34,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from qbench.errors import QBenchError
 from qbench.files import atomic_write_text, file_sha256, make_writable_dir
 from qbench.paths import CORPUS_DIR, DOWNLOADS_DIR
 
@@ -46,7 +47,7 @@ DOC_MAX_CHARS = 8000                     # a section up to this size stays one d
 DOC_MIN_CHARS = 100                      # shorter documents are dropped (headings, stubs)
 
 
-class CorpusError(RuntimeError):
+class CorpusError(QBenchError, RuntimeError):
     """A corpus cannot be built or read (missing tool, package, folder or file)."""
 
 

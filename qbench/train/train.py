@@ -32,6 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..errors import QBenchError
 from ..files import atomic_write_text, file_sha256, make_writable_dir
 from ..paths import CORPUS_DIR, REPO_ROOT
 from .corpus import CorpusError
@@ -46,7 +47,7 @@ LOG_COLUMNS = ("step", "tokens", "loss", "lr", "grad_norm", "seconds", "batch_ha
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
 
 
-class TrainError(RuntimeError):
+class TrainError(QBenchError, RuntimeError):
     """Training cannot start or did not finish: bad preset, missing corpus, unwritable folder..."""
 
 

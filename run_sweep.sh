@@ -27,7 +27,7 @@ QB=.venv/bin/qbench
 PY=.venv/bin/python
 $QB data prepare
 
-NAME=$($PY -c 'import sys; from qbench.sweep.spec import read_sweep_file
+NAME=$($PY -c 'import sys; from qbench.sweep.sweepfile import read_sweep_file
 print(read_sweep_file(sys.argv[1])[0]["name"])' "$SWEEP")   # as qbench reads it (extends: included)
 RESULTS=results/$NAME
 WORKERS=${QBENCH_WORKERS:-$($PY -c 'import os, torch

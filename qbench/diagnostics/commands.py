@@ -18,16 +18,15 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def pair_from_sweep(sweep_file: Path) -> tuple[Path, Path, Path | None]:
-    """(softmax dir, softpick dir, results dir if one exists) from a sweep YAML's `pair` and `name`
-    (read as `qbench sweep` reads them; raises SweepError)."""
-    from ..sweep.spec import SweepError, _resolve_path, read_sweep_file, resolve_pair
+    """(softmax dir, softpick dir, results dir if one exists) of a sweep file with a softmax and a
+    softpick arm (read as `qbench sweep` reads them; raises SweepError)."""
+    from ..sweep.sweepfile import SweepError, sweep_arms
 
-    data, source = read_sweep_file(sweep_file)   # follows `extends:`
-    if "pair" not in data:
-        raise SweepError(source, "pair", "missing (required)")
-    softmax, softpick = resolve_pair(data["pair"], source)
-    results = _resolve_path(f"results/{data['name']}", source, "name") if data.get("name") else None
-    return softmax, softpick, (results if results is not None and results.is_dir() else None)
+    arms, results = sweep_arms(sweep_file)
+    by_name = {name: path for name, path, _ in arms}
+    if not {"softmax", "softpick"} <= set(by_name):
+        raise SweepError(sweep_file, "arms", f"diagnose needs a softmax and a softpick arm, got {sorted(by_name)}")
+    return by_name["softmax"], by_name["softpick"], results
 
 
 def cmd_diagnose(args) -> int:

@@ -2,6 +2,7 @@
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .config import ATTN_IMPL_OF_KIND, ATTN_IMPLS, QBenchConfig
+from .inspect import CheckpointInfo, inspect_checkpoint, load_model
 from .modeling import QBenchForCausalLM, QBenchModel
 from .pair import (Checkpoint, Pair, PairError, check_pair, checkpoint_hash, load_checkpoint, load_pair,
                    read_config, resolve)
@@ -29,4 +30,4 @@ def save_checkpoint(model, tokenizer, folder, dtype=None) -> None:
 
 __all__ = ["ATTN_IMPLS", "ATTN_IMPL_OF_KIND", "QBenchConfig", "QBenchModel", "QBenchForCausalLM", "Checkpoint",
            "Pair", "PairError", "check_pair", "checkpoint_hash", "load_checkpoint", "load_pair", "read_config",
-           "resolve", "new_model", "save_checkpoint"]
+           "resolve", "new_model", "save_checkpoint", "CheckpointInfo", "inspect_checkpoint", "load_model"]

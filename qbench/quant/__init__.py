@@ -13,12 +13,12 @@ from .base import (Field, LayerwiseMethod, Method, MethodUnavailable, QuantError
                    QuantizerDidNothing, RecipeError, get_method, methods, register)
 from .calib import calibration_batch, recipe_calibration
 from .core import (CORE_VERSION, LayerReport, QuantReport, code_versions, library_versions,
-                   quantize, select_layers)
+                   check_fits, quantize, select_layers)
 from .recipe import Recipe, available_recipes, load_recipe, parse_recipe
 
 __all__ = [
     "Field", "LayerwiseMethod", "Method", "MethodUnavailable", "QuantError", "QuantizerDidNothing",
     "RecipeError", "get_method", "methods", "register", "calibration_batch", "recipe_calibration", "CORE_VERSION",
-    "LayerReport", "QuantReport", "code_versions", "library_versions", "quantize", "select_layers",
+    "LayerReport", "QuantReport", "code_versions", "library_versions", "quantize", "select_layers", "check_fits",
     "Recipe", "available_recipes", "load_recipe", "parse_recipe",
 ]

@@ -92,17 +92,33 @@ def linear_layers(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
 
 
+def selected(name: str, layers: dict) -> bool:
+    """Whether a module name matches any `include` pattern and no `exclude` pattern (fnmatch on
+    the full module name, case-sensitive)."""
+    return (any(fnmatch.fnmatchcase(name, p) for p in layers.get("include", []))
+            and not any(fnmatch.fnmatchcase(name, p) for p in layers.get("exclude", [])))
+
+
 def select_layers(model: nn.Module, layers: dict) -> list[str]:
-    """Names of the full-precision nn.Linear modules matching any `include` pattern and
-    no `exclude` pattern (fnmatch on the full module name, case-sensitive)."""
-    inc, exc = layers.get("include", []), layers.get("exclude", [])
-    out = []
-    for n, m in model.named_modules():
-        if not is_float_linear(m):
-            continue
-        if any(fnmatch.fnmatchcase(n, p) for p in inc) and not any(fnmatch.fnmatchcase(n, p) for p in exc):
-            out.append(n)
-    return out
+    """Names of the full-precision nn.Linear modules the recipe's `layers` select."""
+    return [n for n, m in model.named_modules() if is_float_linear(m) and selected(n, layers)]
+
+
+def check_fits(recipe: Recipe, bits: int | None, linear_shapes: dict[str, tuple[int, int]]) -> None:
+    """Before any work: the recipe selects at least one of the model's linear layers ({name: (out,
+    in)}) and its group size divides the input width of every selected one; raises RecipeError."""
+    names = [n for n in linear_shapes if selected(n, recipe.layers)]
+    if not names:
+        shown = list(linear_shapes)[:8]
+        raise RecipeError(recipe.source, "layers", f"selects no linear layer of the model (include "
+                          f"{recipe.layers['include']}, exclude {recipe.layers['exclude']}); its linear layers: "
+                          f"{shown}{' ...' if len(linear_shapes) > 8 else ''}")
+    gs = get_method(recipe.method).group_size(recipe, bits) if bits is not None else None
+    bad = [(n, linear_shapes[n][1]) for n in names if gs and linear_shapes[n][1] % gs]
+    if bad:
+        more = f" (and {len(bad) - 1} more layers)" if len(bad) > 1 else ""
+        raise RecipeError(recipe.source, "weight.group_size",
+                          f"{gs} does not divide in_features={bad[0][1]} of layer {bad[0][0]}{more}")
 
 
 # --------------------------------------------------------------------------- the entry point
@@ -130,7 +146,7 @@ def quantize(model: nn.Module, recipe: Recipe | str | Path, bits: int,
             f"{recipe.source}: field 'layers': selects no full-precision linear layer "
             f"(include {recipe.layers['include']}, exclude {recipe.layers['exclude']}); "
             f"linear layers: {all_linear[:8]}{' ...' if len(all_linear) > 8 else ''}")
-    _check_group_size(model, names, m, recipe, bits)
+    check_fits(recipe, bits, {n: tuple(model.get_submodule(n).weight.shape) for n in names})
     calib = _check_calib(m, recipe, calib)
 
     originals = {n: model.get_submodule(n).weight.detach().to("cpu", copy=True) for n in names}
@@ -200,19 +216,6 @@ def code_versions(recipe: Recipe | str | Path) -> dict[str, str]:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _check_group_size(model, names, m: Method, recipe: Recipe, bits: int) -> None:
-    gs = m.group_size(recipe, bits)
-    if gs is None or gs <= 0:
-        return
-    bad = [(n, model.get_submodule(n).in_features) for n in names
-           if model.get_submodule(n).in_features % gs]
-    if bad:
-        n, k = bad[0]
-        more = f" (and {len(bad) - 1} more layers)" if len(bad) > 1 else ""
-        raise RecipeError(recipe.source, "weight.group_size",
-                          f"{gs} does not divide in_features={k} of layer {n}{more}")
 
 
 def _check_calib(m: Method, recipe: Recipe, calib):

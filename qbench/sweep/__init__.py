@@ -1,8 +1,9 @@
-"""The sweep: grid expansion, cell keys, the result store and the runner (resume, isolation,
-progress, workers). `qbench sweep SWEEP.yaml`; see spec.py for the sweep file format and
-runner.py for how cells are computed (and why the design scales out)."""
-from .spec import CellSpec, Sweep, SweepError, expand, key_of, load_sweep
-from .store import Store, StoreError, atomic_write_text
+"""The sweep: sweep files (sweepfile.py), cell identity and keys (cells.py), one cell's
+computation (compute.py), the result store (store.py) and the driver with its executors
+(run.py; Ray: ray_executor.py). `qbench sweep SWEEP.yaml`."""
+from .cells import CellSpec, expand, key_of
+from .store import CorruptCell, Store, StoreError, StoreFull
+from .sweepfile import Arm, Sweep, SweepError, load_sweep
 
-__all__ = ["CellSpec", "Sweep", "SweepError", "expand", "key_of", "load_sweep", "Store", "StoreError",
-           "atomic_write_text"]
+__all__ = ["Arm", "CellSpec", "CorruptCell", "Store", "StoreError", "StoreFull", "Sweep", "SweepError", "expand",
+           "key_of", "load_sweep"]

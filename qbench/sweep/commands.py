@@ -1,4 +1,6 @@
-"""`qbench sweep SWEEP.yaml`: run a sweep (resumable; a rerun computes only what is missing or failed)."""
+"""`qbench sweep SWEEP.yaml`: run a sweep (resumable; a rerun computes only what is missing, failed or
+damaged). Exit status: 0 every cell done, 1 some cells failed, 2 the sweep could not run (a bad
+sweep file or option, a full disk, corrupt cells found by --dry-run), 130 interrupted."""
 from __future__ import annotations
 
 import argparse
@@ -14,12 +16,13 @@ def _positive(text: str) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "sweep", help="run a sweep file: every (recipe, bits, model) cell plus the full-precision baselines",
+        "sweep", help="run a sweep file: every (arm, recipe point) cell plus each arm's full-precision baseline",
         description="Expand a sweep file into cells and compute those the result store does not hold yet "
-                    "(RESULTS/cells/<key>.json; a cell's key hashes everything that can change its numbers). "
-                    "Everything is validated before any cell runs. Killing the sweep and running it again "
-                    "resumes it; failed cells are retried. The sweep file format is described in "
-                    "qbench/sweep/spec.py.")
+                    "(RESULTS/cells/<key>.json; a cell's key hashes everything that can change its numbers: "
+                    "qbench/sweep/cells.py). Everything is validated before any cell runs. Killing the sweep and "
+                    "running it again resumes it; failed and damaged cells are recomputed. Several sweeps (and "
+                    "several processes) can share a results folder. The sweep file format is described in "
+                    "qbench/sweep/sweepfile.py.")
     p.add_argument("sweep_file", metavar="SWEEP.yaml", help="sweep file, e.g. recipes/paper.yaml or recipes/full.yaml")
     p.add_argument("--results", default=None, metavar="DIR", help="results folder (default: results/<sweep name>)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
@@ -31,66 +34,77 @@ def register(subparsers) -> None:
     p.add_argument("--full-calib", action="store_true",
                    help="the recipes' own calibration batches even on CPU (ignore the sweep file's cpu_calib)")
     p.add_argument("--workers", type=_positive, default=1, metavar="N",
-                   help="worker processes over disjoint cells; on CUDA one per GPU (CUDA_VISIBLE_DEVICES)")
-    p.add_argument("--dry-run", action="store_true", help="validate, list the cells and their state, compute nothing")
+                   help="local worker processes over disjoint cells; on CUDA one per GPU (CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: this process or --workers processes; ray: one Ray task per cell (pip install "
+                        "qbench[ray]; see --address)")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster to join (e.g. 10.0.0.1:6379 or auto); default: a local Ray instance")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate, list the cells and their state (naming damaged files), compute nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the per-cell lines stay)")
     p.set_defaults(func=cmd_sweep)
 
 
-def _fail(message: str) -> int:
-    print(f"qbench sweep: error: {message}", file=sys.stderr)
-    return 2
+def _executor(args, sweep, n_todo: int):
+    from .run import InProcess, Processes
+
+    if args.executor == "ray":
+        from .ray_executor import RayExecutor
+
+        return RayExecutor(sweep, address=args.address)
+    if args.workers > 1 and n_todo > 1:
+        return Processes(min(args.workers, n_todo), sweep.device, sweep.dtype, log=print)
+    return InProcess(sweep.dtype)
 
 
 def cmd_sweep(args) -> int:
-    from .runner import ModelSource, new_run_id, plan, run_cells, run_workers, summary_text
-    from .spec import SweepError, expand, load_sweep, manifest
+    from .cells import expand, manifest
+    from .run import new_run_id, plan, run_cells, summary_text
     from .store import Store
+    from .sweepfile import load_sweep
 
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)   # lines appear as they happen, also through a pipe (tee)
-    try:
-        sweep = load_sweep(args.sweep_file, results_dir=args.results, device=args.device, limit=args.limit,
-                           no_limit=args.no_limit, full_calib=args.full_calib, check_store=not args.dry_run)
-    except SweepError as err:
-        return _fail(str(err))
+    sweep = load_sweep(args.sweep_file, results_dir=args.results, device=args.device, limit=args.limit,
+                       no_limit=args.no_limit, full_calib=args.full_calib, check_store=not args.dry_run)
     cells = expand(sweep)
     store = Store(sweep.results_dir)
     p = plan(cells, store)
-    todo = p.todo
-    removed = store.clean_tmp()
-    n_base = sum(1 for c in cells if c.recipe is None)
+    removed = store.clean_tmp() if not args.dry_run else 0
+    n_base = sum(1 for c in cells if c.is_baseline)
+    corrupt = p.of("corrupt")
     print(f"sweep {sweep.name} ({sweep.source}): {len(cells)} cells ({n_base} full-precision baselines + "
-          f"{len(cells) - n_base} recipe x bits x model) on {sweep.device} ({sweep.dtype})")
-    print(f"pair: softmax {sweep.softmax}, softpick {sweep.softpick}")
+          f"{len(cells) - n_base} recipe points x arms) on {sweep.device} ({sweep.dtype})")
+    print("arms: " + ", ".join(f"{a.name} = {a.path} ({a.attention}{', forced' if a.forced else ''})"
+                               for a in sweep.arms) + f"; baseline {sweep.baseline}; compare {sweep.compare}")
     print(f"tasks: {', '.join(sweep.tasks)}; {sweep.limit_note()}")
     if sweep.calib_note():
         print(f"calibration: {sweep.calib_note()}")
-    print(f"results: {sweep.results_dir}; {len(p.cached)} stored, {len(p.retry)} failed before (retried), "
-          f"{len(p.pending)} to compute" + (f"; removed {removed} stray tmp files" if removed else ""))
+    print(f"results: {sweep.results_dir}; {len(p.of('done'))} stored, {len(p.of('failed'))} failed before (retried), "
+          f"{len(corrupt)} damaged (recomputed), {len(p.of('missing'))} to compute"
+          + (f"; removed {removed} stray tmp files" if removed else ""))
+    for c in corrupt:
+        print(f"  damaged: {p.state[c.key][1]}")
     if args.dry_run:
-        cached, retry = {c.key for c in p.cached}, {c.key for c in p.retry}
+        names = {"done": "stored", "failed": "failed, retry", "corrupt": "DAMAGED, recompute", "missing": "to compute"}
         for c in cells:
-            state = "stored" if c.key in cached else ("failed, retry" if c.key in retry else "to compute")
-            print(f"  {c.key}  {c.label:36s} {state}")
-        return 0
+            print(f"  {c.key}  {c.describe:44s} {names[p.state[c.key][0]]}")
+        return 2 if corrupt else 0
     store.write_manifest(manifest(sweep, cells))
-    run_id = new_run_id()
+    todo = p.todo
     try:
-        if args.workers > 1 and len(todo) > 1:
-            try:
-                summary = run_workers(min(args.workers, len(todo)), sweep, todo, store, run_id=run_id,
-                                      total=len(cells), cached=len(p.cached), progress=not args.no_progress)
-            except ValueError as err:
-                return _fail(str(err))
-        else:
-            source = ModelSource(sweep.softmax, sweep.softpick, sweep.dtype)
-            summary = run_cells(todo, store, source, run_id=run_id, previous=p.previous, total=len(cells),
-                                cached=len(p.cached), progress=not args.no_progress, desc=sweep.name)
+        executor = _executor(args, sweep, len(todo))
+    except ValueError as err:
+        print(f"qbench sweep: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        summary = run_cells(todo, store, executor, run_id=new_run_id(), previous=p.previous, total=len(cells),
+                            cached=len(p.of("done")), progress=not args.no_progress, desc=sweep.name)
     except KeyboardInterrupt:
-        print("\ninterrupted: the finished cells are stored; run the same command again to resume",
-              file=sys.stderr)
+        print("\ninterrupted: the finished cells are stored; run the same command again to resume", file=sys.stderr)
         return 130
     print(summary_text(summary, store))
-    print(f"tables: qbench table {sweep.results_dir}   plots: qbench plot {sweep.results_dir}")
+    more = f" --sweep {sweep.name}" if len(store.manifest_names()) > 1 else ""
+    print(f"tables: qbench table {sweep.results_dir}{more}   plots: qbench plot {sweep.results_dir}{more}")
     return 0 if summary.ok else 1

@@ -746,7 +746,7 @@ def _child_envs(device: str) -> list[dict]:
     """Environment overrides of the two children: on the CPU half the cores each (instead of both
     fighting over all of them); on CUDA a GPU each when two are visible and the device is not
     pinned (cuda:N), else none (both share the one device)."""
-    from ..sweep.runner import worker_devices
+    from ..sweep.run import worker_devices
 
     if device == "cpu":
         return worker_devices(len(KINDS), "cpu")

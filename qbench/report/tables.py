@@ -120,14 +120,14 @@ def comparison_text(c: Comparison) -> str:
         return c.status
     if c.estimate is None:
         return MISSING
-    scale = 1 if c.log or not is_accuracy(c.metric) else 100
+    spread = (lambda v: f"{v:.3f}") if c.log else (lambda v: f"{v * (100 if is_accuracy(c.metric) else 1):.2f}")
     if c.paired:
         interval = "" if math.isnan(c.low) else f" [{_effect(c, c.low)}, {_effect(c, c.high)}]"
         text = _effect(c, c.estimate) + interval + _p_text(c.p_adj)
     else:
-        text = _effect(c, c.estimate) + (f" ± {c.se * scale:.2f}" if c.se is not None else " ± ?")
+        text = _effect(c, c.estimate) + (f" ± {spread(c.se)}" if c.se is not None else " ± ?")
     if c.seed_sd is not None:
-        text += f" (sd {c.seed_sd * scale:.2f}, {c.seeds} seeds)"
+        text += f" (sd {spread(c.seed_sd)}, {c.seeds} seeds)"
     return text + _mark(c)
 
 
@@ -438,23 +438,24 @@ def paper_csv(grid: Grid) -> str:
 
 
 def deltas_csv(grid: Grid, analysis: Analysis) -> str:
+    """One row per comparison (the full-precision arm comparisons once, as recipe fp)."""
+    positions = [({"name": FP}, FP_LABEL, "FP")] + [
+        (recipe, label, bits) for recipe in grid.recipes for label, bits in grid.columns(recipe["name"])]
     rows = []
-    for recipe in grid.recipes:
-        for label, bits in _positions(grid, recipe):
-            for task, metric in grid.rows():
-                for family in FAMILIES:
-                    arms = [a.name for a in grid.arms] if family == "drop" else grid.others
-                    if family != "arms" and label == FP_LABEL:
-                        continue
-                    for arm in arms:
-                        c = analysis.get(family, arm, recipe["name"], label, task, metric)
-                        method = None if c.estimate is None or c.status else ("paired" if c.paired else "independent")
-                        rows.append([family, recipe["name"], label, bits, task, metric, arm,
-                                     FP if family == "drop" else grid.baseline, c.status or "done", method,
-                                     ("log_ratio" if c.log else "difference"), _num(c.estimate), _num(c.low),
-                                     _num(c.high), _num(c.se), c.test, _num(c.p), _num(c.p_adj),
-                                     analysis.correction if c.p is not None else "", c.seeds, _num(c.seed_sd),
-                                     c.significant, c.verdict])
+    for recipe, label, bits in positions:
+        for task, metric in grid.rows():
+            for family in FAMILIES:
+                if family != "arms" and label == FP_LABEL:
+                    continue
+                for arm in ([a.name for a in grid.arms] if family == "drop" else grid.others):
+                    c = analysis.get(family, arm, recipe["name"], label, task, metric)
+                    method = None if c.estimate is None or c.status else ("paired" if c.paired else "independent")
+                    rows.append([family, recipe["name"], label, bits, task, metric, arm,
+                                 FP if family == "drop" else grid.baseline, c.status or "done", method,
+                                 ("log_ratio" if c.log else "difference"), _num(c.estimate), _num(c.low),
+                                 _num(c.high), _num(c.se), c.test, _num(c.p), _num(c.p_adj),
+                                 analysis.correction if c.p is not None else "", c.seeds, _num(c.seed_sd),
+                                 c.significant, c.verdict])
     header = ["family", "recipe", "label", "bits", "task", "metric", "arm", "against", "status", "method", "scale",
               "estimate", "low", "high", "stderr", "test", "p", "p_adjusted", "correction", "seeds", "seed_sd",
               "significant", "verdict"]

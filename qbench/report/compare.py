@@ -53,7 +53,6 @@ class Comparison:
     p_adj: float | None = None
     seeds: int = 1
     seed_sd: float | None = None
-    significant: bool = False
 
     @property
     def favours(self) -> bool | None:
@@ -64,20 +63,26 @@ class Comparison:
         return (e > 0) == is_accuracy(self.metric)
 
     @property
-    def within_seed_spread(self) -> bool:
-        return self.test_significant and not self._beyond_seeds()
-
-    @property
     def test_significant(self) -> bool:
+        """Paired: corrected p < ALPHA; independent: beyond SIG_SE standard errors."""
         e = self.estimate
-        if e is None or not math.isfinite(e):
+        if self.status is not None or e is None or not math.isfinite(e):
             return False
         if self.paired:
             return self.p_adj is not None and self.p_adj < stats.ALPHA
         return self.se is not None and self.se > 0 and abs(e) > SIG_SE * self.se
 
-    def _beyond_seeds(self) -> bool:
+    @property
+    def beyond_seeds(self) -> bool:
         return self.seed_sd is None or abs(self.estimate) > SEED_SD * self.seed_sd
+
+    @property
+    def significant(self) -> bool:
+        return self.test_significant and self.beyond_seeds
+
+    @property
+    def within_seed_spread(self) -> bool:
+        return self.test_significant and not self.beyond_seeds
 
     @property
     def verdict(self) -> str:
@@ -99,7 +104,6 @@ class TaskItems:
         cells = [c for e in grid.entries.values() for c in e.cells if c.items and task in c.items]
         docs = Counter(tuple(sorted(c.items[task]["doc_id"])) for c in cells)
         self.cols: dict = {}        # (cell key, metric) -> (aggregation, column slice, values (n, k))
-        self.resampler = None
         if not docs:
             return
         ref = max(docs.items(), key=lambda kv: (kv[1], kv[0]))[0]
@@ -111,7 +115,7 @@ class TaskItems:
             order = np.argsort(np.asarray(t["doc_id"]), kind="stable")
             for metric, m in sorted(t["metrics"].items()):
                 agg = m.get("aggregation")
-                if agg not in stats.paired.AGGREGATIONS or (agg == "mean") != is_accuracy(metric):
+                if agg not in stats.AGGREGATIONS or (agg == "mean") != is_accuracy(metric):
                     continue
                 x = stats.columns(agg, m["values"])[order]
                 self.cols[(c.key, metric)] = (agg, slice(start, start + x.shape[1]), x)
@@ -120,8 +124,8 @@ class TaskItems:
         if blocks:
             x = np.concatenate(blocks, axis=1)
             self.n = len(ref)
-            self.resampler = stats.Resampler(self.n, stats.N_RESAMPLES, stats.seed_for(task))
-            self.point, self.reps = x.sum(axis=0), self.resampler.sums(x)
+            resampler = stats.Resampler(self.n, stats.N_RESAMPLES, stats.seed_for(task))
+            self.point, self.reps = x.sum(axis=0), resampler.sums(x)
 
     def has(self, key: str, metric: str) -> bool:
         return (key, metric) in self.cols
@@ -251,8 +255,6 @@ class Analysis:
             group = [c for c in self.by_key.values() if c.family == family]
             for c, p in zip(group, stats.adjust([c.p for c in group], correction)):
                 c.p_adj = p
-        for c in self.by_key.values():
-            c.significant = c.status is None and c.test_significant and c._beyond_seeds()
 
     def _add_position(self, recipe: str, label: str, task: str, metric: str) -> None:
         g, items = self.grid, self.items[task]

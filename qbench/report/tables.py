@@ -144,22 +144,25 @@ def _stats_caption(analysis: Analysis, comparisons: list[Comparison]) -> str:
             f"accuracies, else bootstrap z-test (estimate / bootstrap standard error, normal reference), "
             f"corrected by {name} over the {analysis.tested(family)} tests of this family ({FAMILIES[family]}, "
             f"whole sweep); {SIG} = corrected p < {stats.ALPHA:g}. Perplexity metrics: x = ratio (exp of the "
-            f"log-ratio difference).")
+            f"paired log-ratio difference).")
     if any(not c.paired for c in done):
+        ppl = ("x = ratio of the two growths, ± of its log" if comparisons[0].family == "drops"
+               else "the difference as they are")
         parts.append(
             f"No per-item results: independent standard errors (± = stored stderrs combined as "
-            f"sqrt(se1^2 + se2^2 ...), of the log ratio for perplexity growths; ? = lm-eval gives none); "
-            f"{SIG} = larger than {SIG_SE:g} standard errors, not corrected for multiple comparisons.")
+            f"sqrt(se1^2 + se2^2 ...); ? = lm-eval gives none); {SIG} = larger than {SIG_SE:g} standard "
+            f"errors, not corrected for multiple comparisons. Perplexity metrics: {ppl}.")
     if any(c.seed_sd is not None for c in done):
         parts.append(
-            f"Calibration seeds: the mean over seeds; sd = standard deviation of the per-seed differences; a "
+            f"Calibration seeds: the mean over seeds; sd = standard deviation of the per-seed differences in "
+            f"the entry's units (of the log where the entry is a ratio); a "
             f"difference counts only when also |mean| > {SEED_SD:g} sd; {SEED_MARK} = significant in the test "
             f"but within that spread.")
     return " ".join(parts)
 
 
 def _delta_table(grid: Grid, analysis: Analysis, recipe: dict, family: str, arm: str, cols: list[str],
-                 title: str, what: str, base_text: str) -> Table:
+                 title: str, what: str) -> Table:
     rows, comps = [], []
     for task, metric in grid.rows():
         row = [metric_label(task, metric)]
@@ -168,8 +171,7 @@ def _delta_table(grid: Grid, analysis: Analysis, recipe: dict, family: str, arm:
             comps.append(c)
             row.append(comparison_text(c))
         rows.append(row)
-    caption = f"{grid.caption()} Accuracies in percentage points, perplexities as they are. {base_text}"
-    caption = f"{caption} {_stats_caption(analysis, comps)} Entry: {what}."
+    caption = f"{grid.caption()} Accuracies in percentage points. {_stats_caption(analysis, comps)} Entry: {what}."
     return Table(f"{_recipe_title(recipe)}: {title}", caption, ["task metric"] + cols, rows, comps)
 
 
@@ -180,18 +182,18 @@ def delta_tables(grid: Grid, analysis: Analysis) -> list[Table]:
         cols = _columns(grid, recipe)
         for x in grid.others:
             out.append(_delta_table(grid, analysis, recipe, "arms", x, cols, f"{grid.arm_label(x)} - {base}",
-                                    f"{grid.arm_label(x)} minus {base} in the same cell", ""))
+                                    f"{grid.arm_label(x)} minus {base} in the same cell"))
         for a in grid.arms:
             name = grid.arm_label(a.name)
             out.append(_delta_table(grid, analysis, recipe, "drop", a.name, cols[1:],
                                     f"{name}, change from own full precision",
-                                    f"quantized minus full precision of {name}", ""))
+                                    f"quantized minus full precision of {name}"))
         for x in grid.others:
             name = grid.arm_label(x)
             out.append(_delta_table(
                 grid, analysis, recipe, "drops", x, cols[1:], f"{name} drop - {base} drop",
                 f"(quantized - FP of {name}) - (quantized - FP of {base}): positive accuracy / ratio below x1 = "
-                f"{name} lost less", "Perplexity drops are log ratios of the growths."))
+                f"{name} lost less"))
     return out
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import stats
@@ -40,7 +40,6 @@ class Table:
     caption: str
     header: list[str]
     rows: list[list[str]]
-    comparisons: list[Comparison] = field(default_factory=list)   # what its entries show (for the caption)
 
 
 def _status_text(entry: Entry) -> str | None:
@@ -172,7 +171,7 @@ def _delta_table(grid: Grid, analysis: Analysis, recipe: dict, family: str, arm:
             row.append(comparison_text(c))
         rows.append(row)
     caption = f"{grid.caption()} Accuracies in percentage points. {_stats_caption(analysis, comps)} Entry: {what}."
-    return Table(f"{_recipe_title(recipe)}: {title}", caption, ["task metric"] + cols, rows, comps)
+    return Table(f"{_recipe_title(recipe)}: {title}", caption, ["task metric"] + cols, rows)
 
 
 def delta_tables(grid: Grid, analysis: Analysis) -> list[Table]:
@@ -275,13 +274,13 @@ def summary_tables(grid: Grid, analysis: Analysis) -> list[Table]:
                 name = recipe["name"] if len(grid.others) == 1 else f"{recipe['name']} ({grid.arm_label(x)})"
                 rows.append([name] + [_by_width(grid, recipe["name"], b, lambda label: survival(
                     grid, analysis, recipe["name"], label, x).text()) for b in widths])
-        comps = [c for c in analysis.family("drops")]
+        comps = analysis.family("drops")
         caption = (f"{grid.caption()} Which attention survives which quantizer better: per cell, the arm that lost "
                    f"less from its own full precision, counted over the task metrics (accuracy points, log "
                    f"perplexity ratio). Entry: verdict arm:{grid.arm_label(grid.baseline)} = metrics where that arm "
                    f"lost significantly less (the difference of drops, see deltas), n.s. = not significant or "
                    f"no test. {_stats_caption(analysis, comps)} {MISSING} / failed: a cell needed is missing / failed.")
-        return [Table("Which attention survives quantization better", caption, header, rows, comps)]
+        return [Table("Which attention survives quantization better", caption, header, rows)]
     for recipe in grid.recipes:
         rows.append([recipe["name"]] + [_by_width(grid, recipe["name"], b, lambda label: "; ".join(
             _drop_counts(grid, analysis, recipe["name"], label, a.name) for a in grid.arms)) for b in widths])
@@ -289,7 +288,7 @@ def summary_tables(grid: Grid, analysis: Analysis) -> list[Table]:
     caption = (f"{grid.caption()} The sweep compares different models: each only against its own full "
                f"precision. Entry per model: task metrics significantly worse / better than full precision. "
                f"{_stats_caption(analysis, comps)}")
-    return [Table("How much each model loses to quantization", caption, header, rows, comps)]
+    return [Table("How much each model loses to quantization", caption, header, rows)]
 
 
 def ppl_ratio(grid: Grid, arm: str, recipe: str, label: str, task: str, metric: str) -> tuple[float | None, str | None]:
@@ -353,7 +352,7 @@ def ppl_ratio_tables(grid: Grid, analysis: Analysis) -> list[Table]:
                         f"|z| > {SIG_SE:g} counts in the verdicts; none where lm-eval gives no stderr). "
                         f"{_stats_caption(analysis, comps)}")
         out.append(Table(f"{metric_label(task, metric)}: growth from full precision", caption,
-                         ["recipe"] + [f"{b}-bit" for b in widths], rows, comps))
+                         ["recipe"] + [f"{b}-bit" for b in widths], rows))
     return out
 
 

@@ -20,7 +20,7 @@ from qbench.cli import main
 from qbench.report import tables
 from qbench.report.cells import ReportError, load_grid
 from qbench.report.compare import Analysis
-from qbench.sweep.store import Store
+from qbench.sweep.store import Store, StoreError
 
 TASKS = ["qb_arc_easy", "qb_heldout_ppl"]
 RECIPES = [{"name": "rtn", "method": "rtn", "bits": [2, 4], "activation": None, "description": "round to nearest"},
@@ -69,9 +69,10 @@ def results(tmp_path):
         cells.append({"key": key, "model": kind, "recipe": recipe or "fp", "bits": bits})
         if value is not None:
             store.write(_record(kind, recipe, bits, value, key))
-    store.write_manifest({"name": "demo", "pair": {"softmax": "a", "softpick": "b"}, "tasks": TASKS, "limit": 40,
-                          "limit_note": "at most 40 examples per task (cpu_limit, running on CPU)",
-                          "device": "cpu", "recipes": RECIPES, "cells": cells})
+    (store.root / "sweep.json").write_text(json.dumps(   # the legacy manifest of an old store
+        {"name": "demo", "pair": {"softmax": "a", "softpick": "b"}, "tasks": TASKS, "limit": 40,
+         "limit_note": "at most 40 examples per task (cpu_limit, running on CPU)", "device": "cpu",
+         "recipes": RECIPES, "cells": cells}))
     return store.root
 
 
@@ -268,11 +269,7 @@ def _write_cell(store, key, arm, recipe, bits, label, seed, acc, ll, words, side
                        "qb_heldout_ppl": {"word_perplexity": math.exp(-np.sum(ll) / np.sum(words)),
                                           "word_perplexity_stderr": None}},
            "items": None, "finished_at": "2026-12-01T00:00:00+00:00"}
-    if sidecar:
-        data = gzip.compress(json.dumps({"schema": 1, "key": key, "tasks": tasks}).encode(), mtime=0)
-        (store.cells_dir / f"{key}.items.json.gz").write_bytes(data)
-        rec["items"] = {"file": f"{key}.items.json.gz", "sha256": hashlib.sha256(data).hexdigest()}
-    store.write(rec)
+    store.write(rec, tasks if sidecar else None)
 
 
 def _flip(acc, rng, k, to):
@@ -315,8 +312,7 @@ def three_arms(tmp_path):
                 "recipes": [{"name": "rtn", "method": "rtn", "bits": [4]},
                             {"name": "gptq", "method": "gptq", "bits": [4], "calib": {"samples": 4, "seq_len": 64}}],
                 "cells": cells}
-    (store.root / "sweeps").mkdir()
-    (store.root / "sweeps" / "three.json").write_text(json.dumps(manifest))
+    store.write_manifest(manifest)
     return store.root, items
 
 
@@ -464,7 +460,7 @@ def test_truncated_gzip_with_matching_sha_is_named(three_arms):
     sidecar.write_bytes(data)
     rec["items"]["sha256"] = hashlib.sha256(data).hexdigest()
     cell_file.write_text(json.dumps(rec))
-    with pytest.raises(ReportError, match=sidecar.name + ".*not a valid gzip"):
+    with pytest.raises(ReportError, match=sidecar.name + ".*not a gzip JSON sidecar"):
         load_grid(root)
 
 
@@ -487,7 +483,7 @@ def test_damaged_cells_and_manifests_are_named(three_arms, capsys):
     assert "corrupt" in paper and "3 damaged file(s)" in paper
     # a corrupt manifest is an error naming it (not "missing")
     (root / "sweeps" / "three.json").write_text("{not json")
-    with pytest.raises(ReportError, match="three.json: corrupt sweep manifest"):
+    with pytest.raises(StoreError, match="three.json: corrupt sweep manifest"):
         load_grid(root)
 
 

@@ -552,6 +552,11 @@ def test_failed_cell_is_isolated_and_retried(tiny_pair, tmp_path, capsys, monkey
     assert all(r["attempt"] == 2 for r in records.values() if r["status"] == "failed")
     assert {k: store.path(k).stat().st_mtime_ns for k in done_before} == done_before
     assert all(r["attention_backends"] for r in records.values() if r["status"] == "done")
+    # tables and plots from the store: the stored numbers, "failed" where a cell failed
+    assert main(["table", str(results)]) == 0 and main(["plot", str(results)]) == 0
+    paper = (results / "tables" / "t" / "paper.md").read_text()
+    assert "at most 2 examples per task (limit)" in paper and "failed" in paper
+    assert list((results / "plots" / "t").glob("*.png"))
 
 
 def test_nan_model_cells_fail_and_the_rest_run(tiny_pair, tokenizer, tmp_path, capsys):

@@ -19,15 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import QBenchError
-from ..sweep.store import MANIFEST, Store
-from .store_shim import CorruptCell, read_cell, read_items   # integration: Store.read / Store.read_items
+from ..sweep.store import LEGACY_MANIFEST, SWEEPS, CorruptCell, Store
 
 FP = "fp"          # recipe name of the full-precision baselines
 FP_LABEL = "FP"
 MISSING = "—"
 FAILED = "failed"
 CORRUPT = "corrupt"
-SWEEPS = "sweeps"  # folder of the per-sweep manifests
 
 # lm-eval task -> short label; the eval module's TASK_INFO is used where it knows the task
 _FALLBACK_LABELS = {"arc_easy": "ARC-e", "lambada_openai": "LAMBADA", "piqa": "PIQA", "sciq": "SciQ",
@@ -262,65 +260,19 @@ class Grid:
 
 
 # ----------------------------------------------------------------------------- reading
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ReportError(f"{path}: corrupt sweep manifest (not valid JSON: {err}); rerun `qbench sweep` "
-                          f"to rewrite it") from None
-    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
-        raise ReportError(f"{path}: corrupt sweep manifest (field 'cells' must be a list)")
-    return data
-
-
-def manifests(root: Path) -> dict[str, Path]:
-    """Sweep name -> manifest file of a results folder: `sweeps/<name>.json`, and the legacy
-    `sweep.json` under the name it records (a `sweeps/` manifest of the same name wins)."""
-    found = {p.stem: p for p in sorted((root / SWEEPS).glob("*.json"))}
-    legacy = root / MANIFEST
-    if legacy.exists():
-        name = _read_json(legacy).get("name") or root.name
-        found.setdefault(str(name), legacy)
-    return found
-
-
-def _check_items(path: Path, tasks: dict) -> None:
-    """A sidecar's per-item lists must line up with its doc ids (else the file is damaged)."""
-    for task, t in tasks.items():
-        n = len(t.get("doc_id") or [])
-        for metric, m in (t.get("metrics") or {}).items():
-            if not isinstance(m, dict) or len(m.get("values") or []) != n:
-                raise CorruptCell(f"{path}: task {task} metric {metric}: values do not match its {n} doc ids")
-
-
-def _incomplete(record: dict, tasks: list[str]) -> str | None:
-    if record["status"] != "done":
-        return None
-    metrics = record.get("metrics")
-    lacking = [t for t in (record.get("tasks") or tasks) if not isinstance(metrics, dict) or not metrics.get(t)]
-    return f"done record without the metrics of {', '.join(lacking)} (incomplete)" if lacking else None
-
-
-def _cell(store: Store, key: str, seed, tasks: list[str], problems: list) -> Cell:
+def _cell(store: Store, key: str, seed, problems: list) -> Cell:
     cell = Cell(key, seed)
     try:
-        record = read_cell(store, key)
+        record = store.read(key)
     except CorruptCell as err:
         problems.append((store.path(key), str(err)))
         cell.problem = str(err)
         return cell
     if record is None:
         return cell
-    why = _incomplete(record, tasks)
-    if why:
-        cell.problem = f"{store.path(key)}: {why}"
-        problems.append((store.path(key), cell.problem))
-        return cell
     cell.record = record
     try:
-        cell.items = read_items(store, record)
-        if cell.items is not None:
-            _check_items(store.cells_dir / record["items"]["file"], cell.items)
+        cell.items = store.read_items(record)
     except CorruptCell as err:
         problems.append((store.cells_dir / record["items"]["file"], str(err)))
         cell.items = None
@@ -346,13 +298,13 @@ def load_grid(root, sweep: str | None = None, allow_incomplete: bool = False) ->
         raise ReportError(f"{root}: no such results folder")
     if not root.is_dir():
         raise ReportError(f"{root}: is a file, not a results folder (give the folder that holds cells/)")
-    found = manifests(root)
+    store = Store(root)
+    found = store.manifest_names()
     if sweep is not None and sweep not in found:
         raise ReportError(f"{root}: no sweep {sweep!r} (sweeps here: {', '.join(found) or 'none'})")
     if sweep is None and len(found) > 1:
         raise ReportError(f"{root}: {len(found)} sweeps ({', '.join(found)}); choose one with --sweep NAME")
-    store = Store(root)
-    grid = _from_manifest(store, found[sweep or next(iter(found))]) if found else _from_cells(store)
+    grid = _from_manifest(store, sweep or found[0]) if found else _from_cells(store)
     if grid.problems and not allow_incomplete:
         lines = "\n".join(f"  {msg}" for _, msg in grid.problems)
         raise ReportError(f"{root}: {len(grid.problems)} damaged file(s):\n{lines}\n"
@@ -360,8 +312,8 @@ def load_grid(root, sweep: str | None = None, allow_incomplete: bool = False) ->
     return grid
 
 
-def _from_manifest(store: Store, path: Path) -> Grid:
-    m = _read_json(path)
+def _from_manifest(store: Store, name: str) -> Grid:
+    m, path = store.read_manifest(name), store.manifest_file(name)
     recipes = list(m.get("recipes") or [])
     by_name = {r["name"]: r for r in recipes}
     if "arms" in m:
@@ -382,7 +334,7 @@ def _from_manifest(store: Store, path: Path) -> Grid:
         bits = c.get("bits")
         label = c.get("label") or bits_label(by_name.get(recipe), bits)
         entry = grid.entries.setdefault((arm, recipe, label), Entry(arm, recipe, label, bits))
-        entry.cells.append(_cell(store, key, c.get("calib_seed"), grid.tasks, grid.problems))
+        entry.cells.append(_cell(store, key, c.get("calib_seed"), grid.problems))
     for recipe in {e.recipe for e in grid.entries.values()} - set(by_name) - {FP}:
         recipes.append({"name": recipe, "method": "?", "bits": [], "description": ""})
     for e in grid.entries.values():
@@ -397,10 +349,10 @@ def _newest(a: Cell, b: Cell) -> Cell:
 
 def _from_cells(store: Store) -> Grid:
     problems: list = []
-    cells = [_cell(store, key, None, [], problems) for key in store.keys()]
+    cells = [_cell(store, key, None, problems) for key in store.keys()]
     done = [c for c in cells if c.record is not None]
     if not done and not problems:
-        raise ReportError(f"{store.root}: no sweep manifest ({MANIFEST} or {SWEEPS}/*.json) and no cells in "
+        raise ReportError(f"{store.root}: no sweep manifest ({LEGACY_MANIFEST} or {SWEEPS}/*.json) and no cells in "
                           f"{store.cells_dir}")
     chosen: dict = {}
     recipes: dict = {}

@@ -103,10 +103,14 @@ def _disk_errors(what: Path):
         raise StoreError(f"cannot write {what}: {err.strerror or err}") from None
 
 
-def check_metrics(metrics) -> str | None:
-    """Why a done cell's metrics are not usable ({task: {metric: number}}), or None."""
+def check_metrics(metrics, tasks=()) -> str | None:
+    """Why a done cell's metrics ({task: {metric: number}}, one entry per task it evaluated) are not
+    usable, or None."""
     if not isinstance(metrics, dict) or not metrics:
         return "status done but no metrics"
+    lacking = [t for t in tasks or () if not metrics.get(t)]
+    if lacking:
+        return f"status done but no metrics of {', '.join(lacking)} (incomplete)"
     for task, values in metrics.items():
         if not isinstance(values, dict) or not values:
             return f"status done but task {task!r} has no metrics"
@@ -169,8 +173,9 @@ class Store:
         """Store a cell (and first its per-item results, whose hash the cell then records)."""
         if record.get("status") not in STATUSES:
             raise ValueError(f"cell status must be one of {STATUSES}, got {record.get('status')!r}")
-        if record["status"] == "done" and check_metrics(record.get("metrics")):
-            raise ValueError(f"cell {record['key']}: {check_metrics(record.get('metrics'))}")
+        problem = record["status"] == "done" and check_metrics(record.get("metrics"), record.get("tasks"))
+        if problem:
+            raise ValueError(f"cell {record['key']}: {problem}")
         path = self.path(record["key"])
         with _disk_errors(path):
             if items is not None:
@@ -204,8 +209,9 @@ class Store:
             raise CorruptCell(path, f"holds the cell {record.get('key')!r}, not {key}")
         if record.get("status") not in STATUSES:
             raise CorruptCell(path, f"unknown status {record.get('status')!r}")
-        if record["status"] == "done" and check_metrics(record.get("metrics")):
-            raise CorruptCell(path, check_metrics(record.get("metrics")))
+        problem = record["status"] == "done" and check_metrics(record.get("metrics"), record.get("tasks"))
+        if problem:
+            raise CorruptCell(path, problem)
         return record
 
     def read_items(self, record: dict) -> dict | None:
@@ -225,9 +231,14 @@ class Store:
             payload = json.loads(gzip.decompress(data))
         except (OSError, EOFError, ValueError) as err:
             raise CorruptCell(path, f"not a gzip JSON sidecar: {err}") from None
-        if payload.get("key") != record["key"] or payload.get("schema") != ITEMS_SCHEMA:
-            raise CorruptCell(path, f"sidecar of {payload.get('key')!r} (schema {payload.get('schema')}), "
-                              f"expected {record['key']} (schema {ITEMS_SCHEMA})")
+        if not isinstance(payload, dict) or payload.get("key") != record["key"] or payload.get("schema") != ITEMS_SCHEMA \
+                or not isinstance(payload.get("tasks"), dict):
+            raise CorruptCell(path, f"not the sidecar of cell {record['key']} (schema {ITEMS_SCHEMA})")
+        for task, t in payload["tasks"].items():
+            n = len(t.get("doc_id") or [])
+            for metric, m in (t.get("metrics") or {}).items():
+                if not isinstance(m, dict) or len(m.get("values") or []) != n:
+                    raise CorruptCell(path, f"task {task} metric {metric}: values do not match its {n} doc ids")
         return payload["tasks"]
 
     def scan(self, keys) -> dict[str, tuple[str, str | None]]:
@@ -277,6 +288,11 @@ class Store:
             if name not in names:
                 names.append(name)
         return names
+
+    def manifest_file(self, name: str) -> Path:
+        """The file holding sweep `name`'s manifest: `sweeps/<name>.json`, else the legacy `sweep.json`."""
+        path = self.manifest_path(name)
+        return path if path.is_file() or not (self.root / LEGACY_MANIFEST).is_file() else self.root / LEGACY_MANIFEST
 
     def read_manifest(self, name: str | None = None) -> dict | None:
         """The manifest of sweep `name` (None: the only one in the folder); None when there is none.

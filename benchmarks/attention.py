@@ -146,11 +146,15 @@ def fwd_flops(b, h, t, d):
 
 
 def bench(fn, grad_to_none=None, rep=200, warmup=50):
-    """Median ms of triton.testing.do_bench (CUDA events, L2 flushed between runs); one call first
+    """Median ms: triton.testing.do_bench on CUDA (events, L2 flushed between runs), after one call
     so that compilation stays out of the timing."""
+    if not torch.cuda.is_available():   # CPU (the interpreter): one call, a smoke test, not a timing
+        t0 = time.perf_counter()
+        fn()
+        return 1000 * (time.perf_counter() - t0)
+    fn()
     import triton
 
-    fn()
     torch.cuda.synchronize()
     return triton.testing.do_bench(fn, warmup=warmup, rep=rep, grad_to_none=grad_to_none, return_mode="median")
 
@@ -168,22 +172,22 @@ def rel(x, r):
     return ((x.double() - r).norm() / r.norm()).item()
 
 
-def check_configs(d, dtype, fwd=None, bwd=None, seed=0):
+def check_configs(d, dtype, fwd=None, bwd=None, seed=0, t=1024, device="cuda", h=8):
     """Kernels with the given configs (None: the table's) vs float64 on fresh random inputs
-    (B=2, H=8, T=1024, the second sequence right-padded to 517 keys), outputs poisoned with NaN
+    (B=2, H=h, T=t, the second sequence right-padded to about half), outputs poisoned with NaN
     first: relative errors of out, dq, dk, dv, and whether every element was written (finite)."""
     from qbench.attention import triton_softpick as tsp
 
-    b, h, t = 2, 8, 1024
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    q, k, v, do = (torch.randn(b, h, t, d, device="cuda", dtype=dtype, generator=g) for _ in range(4))
-    lens = torch.tensor([t, 517], dtype=torch.int32, device="cuda")
+    b = 2
+    g = torch.Generator(device=device).manual_seed(seed)
+    q, k, v, do = (torch.randn(b, h, t, d, device=device, dtype=dtype, generator=g) for _ in range(4))
+    lens = torch.tensor([t, t // 2 + 5], dtype=torch.int32, device=device)
     poison = lambda x: torch.full_like(x, float("nan"))  # noqa: E731
     o, lse = tsp.softpick_forward(q, k, v, lens, out=poison(q), config=fwd)
     dq, dk, dv = tsp.softpick_backward(q, k, v, o, lse, do, lens, dq=poison(q), dk=poison(k), dv=poison(v),
                                        configs=bwd)
     qr, kr, vr = (x.detach().double().requires_grad_() for x in (q, k, v))
-    key_mask = (torch.arange(t, device="cuda")[None, :] < lens[:, None]).long()
+    key_mask = (torch.arange(t, device=device)[None, :] < lens[:, None]).long()
     ref = reference64(qr, kr, vr, key_mask)
     ref.backward(do.double())
     return {"out": rel(o, ref), "dq": rel(dq, qr.grad), "dk": rel(dk, kr.grad), "dv": rel(dv, vr.grad),
@@ -212,21 +216,26 @@ def copy_bandwidth():
     return 2 * x.numel() * 4 / ms / 1e6
 
 
-def target_inputs(t, d, dtype, seed=0, tokens=None, hidden=None):
-    """q, k, v, dO at the benchmark's shape: 16k tokens (B = 16384 / T), H = 2048 / D."""
-    b, h = (tokens or TOKENS) // t, (hidden or HIDDEN) // d
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    return [torch.randn(b, h, t, d, device="cuda", dtype=dtype, generator=g) for _ in range(4)]
+def target_inputs(t, d, dtype, seed=0, tokens=TOKENS, hidden=HIDDEN, device="cuda"):
+    """q, k, v, dO at the benchmark's shape: `tokens` per call (B = tokens / T), H = hidden / D."""
+    b, h = tokens // t, hidden // d
+    g = torch.Generator(device=device).manual_seed(seed)
+    return [torch.randn(b, h, t, d, device=device, dtype=dtype, generator=g) for _ in range(4)]
 
 
-def time_kernels(q, k, v, do, fwd=None, dkdv=None, dq=None, rep=100):
-    """(forward ms, backward ms) of our kernels with the given configs (None: the table's)."""
+def time_forward(q, k, v, config=None, rep=100):
+    """Forward ms of our kernel with `config` (None: the table's)."""
     from qbench.attention import triton_softpick as tsp
 
-    fwd_ms = bench(lambda: tsp.softpick_forward(q, k, v, config=fwd), rep=rep)
-    o, lse = tsp.softpick_forward(q, k, v, config=fwd)
-    bwd_ms = bench(lambda: tsp.softpick_backward(q, k, v, o, lse, do, configs={"dkdv": dkdv, "dq": dq}), rep=rep)
-    return fwd_ms, bwd_ms
+    return bench(lambda: tsp.softpick_forward(q, k, v, config=config), rep=rep)
+
+
+def time_backward(q, k, v, do, configs=None, rep=100):
+    """Backward-only ms (preprocess, dkdv, dq) with `configs` {"dkdv": ..., "dq": ...} (None: the table's)."""
+    from qbench.attention import triton_softpick as tsp
+
+    o, lse = tsp.softpick_forward(q, k, v)
+    return bench(lambda: tsp.softpick_backward(q, k, v, o, lse, do, configs=configs), rep=rep)
 
 
 def tune(dims, buckets, dtype, table_out, log=print, margin=0.02):
@@ -256,8 +265,8 @@ def tune(dims, buckets, dtype, table_out, log=print, margin=0.02):
                     if not accurate(checked[key]):
                         log(f"  {name} D={d} {cand.label()}: fails the float64 check {checked[key]}")
                         continue
-                    f_ms, b_ms = time_kernels(q, k, v, do, **{name: cand})
-                    timed[cand] = f_ms if name == "fwd" else b_ms
+                    timed[cand] = (time_forward(q, k, v, cand) if name == "fwd" else
+                                   time_backward(q, k, v, do, {name: cand}))
                     rows.append({"kernel": name, "D": d, "T": t, "config": cand.label(), "ms": timed[cand],
                                  "check": checked[key]})
                 best = min(timed, key=timed.get)

@@ -178,27 +178,8 @@ def interpreter_cases():
     ]
 
 
-def _patch_interpreter_numpy():
-    """Triton 3.6's interpreter converts scalar tensors with int(array of shape (1,)), which
-    numpy >= 2.4 rejects (it breaks `range(lo, hi)` with tensor bounds). Convert via .reshape."""
-    import numpy as np
-    import triton.runtime.interpreter as interp
-
-    original = interp._patch_lang_tensor
-    if getattr(original, "_qbench_patched", False):
-        return
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
-
-    patched._qbench_patched = True
-    interp._patch_lang_tensor = patched
-
-
 def interpreter_main():
     assert os.environ.get("TRITON_INTERPRET") == "1", "set TRITON_INTERPRET=1 before importing triton"
-    _patch_interpreter_numpy()
     results = []
     for case in interpreter_cases():
         results.append(run_case(case, "cpu", INTERP_FWD, INTERP_BWD))

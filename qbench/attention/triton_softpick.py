@@ -82,6 +82,28 @@ def is_available() -> bool:
     return triton is not None and torch.cuda.is_available()
 
 
+def _patch_interpreter_numpy():
+    """Triton 3.6's interpreter converts scalar tensors with int(array of shape (1,)), which
+    numpy >= 2.4 rejects (it breaks `range(lo, hi)` with tensor bounds). Convert via .reshape."""
+    import numpy as np
+    import triton.runtime.interpreter as interp
+
+    original = interp._patch_lang_tensor
+    if getattr(original, "_qbench_patched", False):
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
+
+    patched._qbench_patched = True
+    interp._patch_lang_tensor = patched
+
+
+if triton is not None and _interpreting():   # TRITON_INTERPRET=1: the kernels run on the CPU (tests)
+    _patch_interpreter_numpy()
+
+
 if triton is not None:
 
     @triton.jit

@@ -85,17 +85,22 @@ def load_spec(spec, device="cpu", dtype=None, seed: int = 0):
     return random_model(size, attention, seed, device, dtype), bundled_tokenizer(), f"random-{size}-seed{seed}"
 
 
-def save_random_pair(size: str, folder, seed: int = 0, dtype=None, layers: int | None = None) -> dict:
+def save_random_model(size: str, attention: str, folder, seed: int = 0, dtype=None, layers: int | None = None,
+                      device="cpu"):
+    """Write one random model as a checkpoint folder (bundled tokenizer); built on `device`."""
+    from .model import save_checkpoint
+
+    save_checkpoint(random_model(size, attention, seed, device, layers=layers), bundled_tokenizer(), folder,
+                    dtype=dtype)
+
+
+def save_random_pair(size: str, folder, seed: int = 0, dtype=None, layers: int | None = None, device="cpu") -> dict:
     """Write a random pair as checkpoints (folder/softmax, folder/softpick, bundled tokenizer),
     usable by every qbench command. Returns {attention: path}."""
     from pathlib import Path
 
-    from .model import save_checkpoint
-
-    tokenizer = bundled_tokenizer()
     out = {}
     for attention in ("softmax", "softpick"):
-        path = Path(folder) / attention
-        save_checkpoint(random_model(size, attention, seed, layers=layers), tokenizer, path, dtype=dtype)
-        out[attention] = path
+        out[attention] = Path(folder) / attention
+        save_random_model(size, attention, out[attention], seed, dtype, layers, device)
     return out

@@ -1,5 +1,4 @@
 """`qbench bench ...`: speed benchmarks (attention kernel, paper-scale models, evaluation adapter)."""
-import argparse
 import runpy
 import sys
 import time
@@ -7,13 +6,18 @@ import time
 from .paths import REPO_ROOT
 
 
-def _script(name):
-    """A subcommand that runs benchmarks/<name>.py with the arguments that follow it."""
+def _add_script(bench_sub, command, name, help, examples):
+    """`qbench bench COMMAND ARGS...`: runs benchmarks/<name>.py with ARGS."""
     def run(args) -> int:
-        sys.argv = [f"benchmarks/{name}.py", *args.script_args]
+        script_args = args.script_args[1:] if args.script_args[:1] == ["--"] else args.script_args
+        sys.argv = [f"benchmarks/{name}.py", *script_args]
         runpy.run_path(str(REPO_ROOT / "benchmarks" / f"{name}.py"), run_name="__main__")
         return 0
-    return run
+
+    # prefix_chars "+": every "-..." argument (--help too) goes to the script, not to this parser
+    p = bench_sub.add_parser(command, help=help, prefix_chars="+", add_help=False)
+    p.add_argument("script_args", nargs="*", help=f"passed to benchmarks/{name}.py (e.g. {examples})")
+    p.set_defaults(func=run)
 
 
 def _bench_model(args) -> int:
@@ -60,18 +64,12 @@ def _bench_model(args) -> int:
 def register(subparsers) -> None:
     bench = subparsers.add_parser("bench", help="speed benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    attention = bench_sub.add_parser(
-        "attention", help="softpick kernel vs SDPA softmax vs torch reference (CUDA); --tune regenerates the "
-                          "kernel config table; --compile-only needs no GPU")
-    attention.add_argument("script_args", nargs=argparse.REMAINDER,
-                           help="passed to benchmarks/attention.py (e.g. --quick --out F, --tune --table-out F)")
-    attention.set_defaults(func=_script("attention"))
-    paper = bench_sub.add_parser(
-        "paper-scale", help="one report at the paper's sizes: kernel vs SDPA and its variants, GPTQ at 1.8B, scorer "
-                            "vs HFLM at 340M, one cell's time split (benchmarks/paper_scale.py)")
-    paper.add_argument("script_args", nargs=argparse.REMAINDER,
-                       help="passed to benchmarks/paper_scale.py (e.g. --out DIR, --tiny, --steps kernel,gptq)")
-    paper.set_defaults(func=_script("paper_scale"))
+    _add_script(bench_sub, "attention", "attention",
+                "softpick kernel vs SDPA softmax vs torch reference (CUDA); --tune regenerates the kernel config "
+                "table; --compile-only needs no GPU", "--quick --out F, --tune --table-out F")
+    _add_script(bench_sub, "paper-scale", "paper_scale",
+                "one report at the paper's sizes: kernel vs SDPA and its variants, GPTQ at 1.8B, scorer vs HFLM "
+                "at 340M, one cell's time split", "--out DIR, --tiny, --steps kernel,gptq")
 
     from .bench_models import SIZES
 

@@ -80,3 +80,13 @@ def test_paper_scale_tiny_runs_every_step(tmp_path):
     assert "| kernel fwd, table, ours/SDPA-default" in md and "GPTQ 4-bit tiny" in md
     last = proc.stdout.strip().splitlines()
     assert last[-1].startswith("| one cell tiny"), last[-12:]   # the short table comes last
+
+
+def test_script_subcommands_pass_every_argument_to_the_script(capsys):
+    """`qbench bench attention --compile-only ...`: options go to the script, not to qbench's parser."""
+    from qbench.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "paper-scale", "--tiny", "--out", "x", "--steps", "gptq"])
+    assert args.script_args == ["--tiny", "--out", "x", "--steps", "gptq"]
+    args = build_parser().parse_args(["bench", "attention", "--help"])
+    assert args.script_args == ["--help"]

@@ -4,7 +4,8 @@ models (qbench/bench_models.py; metrics of random weights mean nothing, only the
     PYTHONUNBUFFERED=1 python benchmarks/paper_scale.py --out $OUT      # (= qbench bench paper-scale --out $OUT)
     python benchmarks/paper_scale.py --tiny --out DIR                   # every step on tiny shapes, CPU, ~30 s
 
-Steps (--steps, default all):
+Steps (--steps, default all, run in the order gptq, eval, cell, kernel: the kernel's new variants
+last, since a variant that broke the CUDA context would stop every step after it):
   kernel  softpick kernel vs torch SDPA (default backend and flash) at T=4096, D=128, bf16, causal,
           16k tokens per call (B=4, H=16), forward and forward+backward; every candidate config of
           each kernel (tile sizes, stages, the tma variant) checked against float64 and timed; the
@@ -45,7 +46,7 @@ sys.path.insert(0, str(HERE))
 from attention import (accurate, bench, check_configs, copy_bandwidth, fwd_flops,  # noqa: E402
                        matmul_ceiling, target_inputs, time_backward, time_forward)
 
-STEPS = ("kernel", "gptq", "eval", "cell")
+STEPS = ("gptq", "eval", "cell", "kernel")   # the kernel's new variants last: a broken CUDA context stops what follows
 GOALS = {"fwd": 1.1, "fwdbwd": 1.25}   # ours / SDPA default backend at T=4096, D=128 bf16 (issue 19)
 
 
@@ -56,8 +57,8 @@ def log(*a):
 class Setup:
     """What a run measures on: full paper sizes on a GPU, or tiny shapes (--tiny)."""
 
-    def __init__(self, tiny: bool, eval_limit, gptq_layers: int):
-        self.tiny = tiny
+    def __init__(self, tiny: bool, eval_limit, gptq_layers: int, out: Path):
+        self.tiny, self.out = tiny, out
         self.cuda = torch.cuda.is_available()
         self.device = "cuda" if self.cuda else "cpu"
         if not (self.cuda or tiny):
@@ -128,12 +129,14 @@ def candidates(kernel, d, t, tiny):
     return [table] + [c for c in cands if c.tma][:1] if tiny else cands
 
 
-def step_kernel(setup: Setup) -> dict:
+def step_kernel(setup: Setup, res: dict) -> None:
+    """Fills `res` as it goes: the table's numbers first, then each candidate (tma ones last: the
+    newest code, the likeliest to fail), so a failure keeps what came before."""
     from qbench.attention import triton_softpick as tsp
 
     shape = setup.kernel_shape
     t, d, dtype, dev = shape["t"], shape["d"], setup.kernel_dtype, setup.device
-    res = {"T": t, "D": d, "dtype": str(dtype).replace("torch.", ""), "table_version": tsp.config_table_version()}
+    res.update(T=t, D=d, dtype=str(dtype).replace("torch.", ""), table_version=tsp.config_table_version())
     if setup.cuda:
         res["matmul_tflops"], res["copy_gbs"] = matmul_ceiling(), copy_bandwidth()
         log(f"  ceilings: bf16 matmul {res['matmul_tflops']:.0f} TF/s, copy {res['copy_gbs']:.0f} GB/s")
@@ -145,27 +148,37 @@ def step_kernel(setup: Setup) -> dict:
     if setup.cuda:
         res["sdpa_flash"] = sdpa_times(q, k, v, do, flash=True)
     log(f"  SDPA default fwd {res['sdpa_default'][0]:.3f} ms, fwd+bwd {res['sdpa_default'][1]:.3f} ms")
+    res["table_fwd_ms"], res["table_fwdbwd_ms"] = time_forward(q, k, v), ours_fwdbwd(q, k, v, do)
+    res["same_bits_twice"] = same_bits_twice(q, k, v, do)
+    log(f"  ours (table: {tsp.backend_label(q.requires_grad_(), k, v)}) fwd {res['table_fwd_ms']:.3f} ms, fwd+bwd "
+        f"{res['table_fwdbwd_ms']:.3f} ms; twice on the same inputs: identical bits {res['same_bits_twice']}")
+    q.requires_grad_(False)
+    if setup.cuda:   # the paper models' head dim: table configs vs SDPA default at T=4096, D=64
+        q64, k64, v64, do64 = target_inputs(4096, 64, dtype, device=dev)
+        res["d64"] = {"ours": (time_forward(q64, k64, v64), ours_fwdbwd(q64, k64, v64, do64)),
+                      "sdpa_default": sdpa_times(q64, k64, v64, do64, False),
+                      "check": check_configs(64, dtype, device=dev, h=16)}
+        log(f"  D=64: ours fwd {res['d64']['ours'][0]:.3f} fwd+bwd {res['d64']['ours'][1]:.3f} ms; SDPA default "
+            f"{res['d64']['sdpa_default'][0]:.3f} / {res['d64']['sdpa_default'][1]:.3f} ms")
+        del q64, k64, v64, do64
     check = dict(t=64, h=2) if setup.tiny else dict(t=1024, h=16)   # H=16: the timing shape's compiles
-    rows = []
+    res["candidates"] = rows = []
     for kernel in tsp.KERNELS:
         for cand in candidates(kernel, d, t, setup.tiny):
             cfgs = {"fwd": cand} if kernel == "fwd" else {"bwd": {kernel: cand}}
             row = {"kernel": kernel, "config": cand.label(), "table": cand == tsp.table_config(kernel, d, t)}
+            rows.append(row)
             try:
                 row["check"] = check_configs(d, dtype, device=dev, seed=len(rows), **check, **cfgs)
                 row["accurate"] = accurate(row["check"])
                 row["ms"] = time_forward(q, k, v, cand) if kernel == "fwd" else time_backward(q, k, v, do, {kernel: cand})
             except Exception as exc:  # noqa: BLE001 - a variant that does not compile is a result
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-            rows.append(row)
             log(f"  {kernel:4s} {row['config']:18s} " + (f"{row['ms']:.3f} ms, float64 check "
                 f"{max(row['check'][x] for x in ('out', 'dq', 'dk', 'dv')):.2e}" if "ms" in row else row["error"]))
-    res["candidates"] = rows
-    res["table_fwdbwd_ms"] = ours_fwdbwd(q, k, v, do)
-    res["table_fwd_ms"] = next(r["ms"] for r in rows if r["kernel"] == "fwd" and r["table"] and "ms" in r)
     best = {}
     for kernel in tsp.KERNELS:
-        ok = [r for r in rows if r["kernel"] == kernel and r.get("accurate")]
+        ok = [r for r in rows if r["kernel"] == kernel and r.get("accurate") and "ms" in r]
         best[kernel] = min(ok, key=lambda r: r["ms"])["config"] if ok else None
     res["best"] = best
     if all(best.values()):
@@ -176,19 +189,7 @@ def step_kernel(setup: Setup) -> dict:
         with tsp.use_config_table(raw, "the fastest accurate candidates"):
             res["best_fwdbwd_ms"] = ours_fwdbwd(q, k, v, do)
         res["best_table"] = raw["configs"]
-    res["same_bits_twice"] = same_bits_twice(q, k, v, do)
-    log(f"  ours (table) fwd+bwd {res['table_fwdbwd_ms']:.3f} ms; best candidates {best} fwd+bwd "
-        f"{res.get('best_fwdbwd_ms', float('nan')):.3f} ms; the table's configs twice: identical bits "
-        f"{res['same_bits_twice']}")
-    del q, k, v, do
-    if setup.cuda:   # the paper models' head dim: table configs vs SDPA default at T=4096, D=64
-        torch.cuda.empty_cache()
-        q, k, v, do = target_inputs(4096, 64, dtype, device=dev)
-        res["d64"] = {"ours": (time_forward(q, k, v), ours_fwdbwd(q, k, v, do)), "sdpa_default": sdpa_times(q, k, v, do, False),
-                      "check": check_configs(64, dtype, device=dev, h=16)}
-        log(f"  D=64: ours fwd {res['d64']['ours'][0]:.3f} fwd+bwd {res['d64']['ours'][1]:.3f} ms; SDPA default "
-            f"{res['d64']['sdpa_default'][0]:.3f} / {res['d64']['sdpa_default'][1]:.3f} ms")
-    return res
+        log(f"  best candidates {best}: fwd+bwd {res['best_fwdbwd_ms']:.3f} ms")
 
 
 # ----------------------------------------------------------------------------- gptq
@@ -202,7 +203,7 @@ def gptq_recipe(setup):
     return recipe
 
 
-def step_gptq(setup: Setup) -> dict:
+def step_gptq(setup: Setup, res: dict) -> None:
     from qbench import bench_models
     from qbench.quant import quantize
 
@@ -217,28 +218,27 @@ def step_gptq(setup: Setup) -> dict:
     setup.sync()
     seconds = time.perf_counter() - t0
     blocks = bench_models.SIZES[setup.gptq_size]["num_hidden_layers"]
-    res = {"size": setup.gptq_size, "blocks_run": setup.gptq_layers, "blocks_model": blocks, "seconds": seconds,
-           "per_block": seconds / setup.gptq_layers, "extrapolated": seconds / setup.gptq_layers * blocks,
-           "layers_quantized": report.layers_quantized, "calib": f"{c['samples']} x {c['seq_len']}",
-           "dtype": setup.model_dtype}
+    res.update(size=setup.gptq_size, blocks_run=setup.gptq_layers, blocks_model=blocks, seconds=seconds,
+               per_block=seconds / setup.gptq_layers, extrapolated=seconds / setup.gptq_layers * blocks,
+               layers_quantized=report.layers_quantized, calib=f"{c['samples']} x {c['seq_len']}",
+               dtype=setup.model_dtype)
     log(f"  GPTQ 4-bit, {setup.gptq_size} with {setup.gptq_layers} blocks: {seconds:.1f} s "
         f"({res['per_block']:.2f} s per block; x {blocks} blocks = {res['extrapolated']:.0f} s extrapolated)")
-    return res
 
 
 # ----------------------------------------------------------------------------- eval
-def step_eval(setup: Setup, out: Path) -> dict:
+def step_eval(setup: Setup, res: dict) -> None:
     from qbench.eval.bench import bench_eval
 
     r = bench_eval(model_path=f"random:{setup.eval_size}", tasks="paper", limit=setup.eval_limit,
-                   device=setup.device, dtype=setup.model_dtype, out=out / "paper-scale-eval.json",
+                   device=setup.device, dtype=setup.model_dtype, out=setup.out / "paper-scale-eval.json",
                    log=lambda *a: log("  ", *a))
-    return {k: r[k] for k in ("seconds", "speedup", "scoring_seconds", "scoring_speedup", "max_metric_difference",
-                              "n_samples", "limit", "scorer_stats", "dtype")}
+    res.update({k: r[k] for k in ("seconds", "speedup", "scoring_seconds", "scoring_speedup", "max_metric_difference",
+                                  "n_samples", "limit", "scorer_stats", "dtype")})
 
 
 # ----------------------------------------------------------------------------- one cell
-def step_cell(setup: Setup) -> dict:
+def step_cell(setup: Setup, res: dict) -> None:
     """The phases of one cell (qbench/sweep/runner.py: _compute), at 340M, GPTQ 4-bit, softpick."""
     from qbench import bench_models, paths
     from qbench.eval import evaluate
@@ -271,13 +271,12 @@ def step_cell(setup: Setup) -> dict:
     _, details = evaluate(model, ckpt.tokenizer, tasks="paper", limit=setup.eval_limit, online=False,
                           return_details=True)
     timing["evaluate"] = time.perf_counter() - t0
-    res = {"size": setup.eval_size, "attention": "softpick", "recipe": f"gptq 4-bit ({recipe.calib['samples']} x "
-           f"{recipe.calib['seq_len']} calibration tokens)", "limit": setup.eval_limit, "timing": timing,
-           "cell_seconds": sum(timing.values()), "save_seconds": save_seconds, "dtype": setup.model_dtype,
-           "n_samples": details.get("n_samples")}
+    res.update(size=setup.eval_size, attention="softpick", recipe=f"gptq 4-bit ({recipe.calib['samples']} x "
+               f"{recipe.calib['seq_len']} calibration tokens)", limit=setup.eval_limit, timing=timing,
+               cell_seconds=sum(timing.values()), save_seconds=save_seconds, dtype=setup.model_dtype,
+               n_samples=details.get("n_samples"))
     log("  " + ", ".join(f"{k} {v:.1f} s" for k, v in timing.items()) + f" (building and saving the random "
         f"model took {save_seconds:.1f} s, not part of a cell)")
-    return res
 
 
 # ----------------------------------------------------------------------------- report
@@ -288,8 +287,8 @@ def _ratio(a, b):
 def summary_rows(results: dict) -> list[tuple[str, str, str]]:
     """(measurement, value, goal) rows of the short table."""
     rows = []
-    k = results.get("kernel")
-    if isinstance(k, dict) and "sdpa_default" in k:
+    k = results.get("kernel", {})
+    if "table_fwdbwd_ms" in k:
         sd_f, sd_fb = k["sdpa_default"]
         shape = f"T={k['T']} D={k['D']} {k['dtype']}"
         rows.append((f"kernel fwd, table, ours/SDPA-default ({shape})",
@@ -298,22 +297,28 @@ def summary_rows(results: dict) -> list[tuple[str, str, str]]:
         rows.append((f"kernel fwd+bwd, table, ours/SDPA-default ({shape})",
                      f"{_ratio(k['table_fwdbwd_ms'], sd_fb):.2f} ({k['table_fwdbwd_ms']:.3f} vs {sd_fb:.3f} ms)",
                      f"<= {GOALS['fwdbwd']}"))
-        fwd_best = [r for r in k["candidates"] if r["kernel"] == "fwd" and r["config"] == k["best"].get("fwd")]
+        best = k.get("best", {})
+        fwd_best = [r for r in k.get("candidates", []) if r["kernel"] == "fwd" and r["config"] == best.get("fwd")]
         if fwd_best:
-            rows.append((f"kernel fwd, best candidate {k['best']['fwd']}", f"{_ratio(fwd_best[0]['ms'], sd_f):.2f}",
+            rows.append((f"kernel fwd, best candidate {best['fwd']}", f"{_ratio(fwd_best[0]['ms'], sd_f):.2f}",
                          f"<= {GOALS['fwd']}"))
         if "best_fwdbwd_ms" in k:
-            rows.append((f"kernel fwd+bwd, best candidates {k['best']['dkdv']} / {k['best']['dq']}",
+            rows.append((f"kernel fwd+bwd, best candidates {best['dkdv']} / {best['dq']}",
                          f"{_ratio(k['best_fwdbwd_ms'], sd_fb):.2f}", f"<= {GOALS['fwdbwd']}"))
         if "sdpa_flash" in k:
             rows.append(("kernel fwd / fwd+bwd, table, ours/SDPA-flash",
                          f"{_ratio(k['table_fwd_ms'], k['sdpa_flash'][0]):.2f} / "
                          f"{_ratio(k['table_fwdbwd_ms'], k['sdpa_flash'][1]):.2f}", "-"))
         if "d64" in k:
-            o, s = k["d64"]["ours"], k["d64"]["sdpa_default"]
+            o, sd = k["d64"]["ours"], k["d64"]["sdpa_default"]
             rows.append(("kernel fwd / fwd+bwd, table, ours/SDPA-default at D=64",
-                         f"{_ratio(o[0], s[0]):.2f} / {_ratio(o[1], s[1]):.2f}", "-"))
+                         f"{_ratio(o[0], sd[0]):.2f} / {_ratio(o[1], sd[1]):.2f}", "-"))
+    if "same_bits_twice" in k:
         rows.append(("kernel: the table's configs twice, identical bits", str(k["same_bits_twice"]), "True"))
+    if k.get("candidates"):
+        bad = [f"{r['kernel']} {r['config']}" for r in k["candidates"] if not r.get("accurate")]
+        rows.append(("kernel candidates failing (float64 check or error)",
+                     f"{len(bad)} of {len(k['candidates'])}" + (f": {', '.join(bad)}" if bad else ""), "0"))
     g = results.get("gptq")
     if isinstance(g, dict) and "seconds" in g:
         rows.append((f"GPTQ 4-bit {g['size']} ({g['dtype']}), per block / model extrapolated from {g['blocks_run']} "
@@ -342,8 +347,8 @@ def markdown(info: dict, results: dict) -> str:
              "(qbench/bench_models.py): only the times mean anything.", "",
              "| measurement | value | goal |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in summary_rows(results)]
-    k = results.get("kernel")
-    if isinstance(k, dict) and "candidates" in k:
+    k = results.get("kernel", {})
+    if k.get("candidates"):
         f = k["flops_fwd"]
         lines += ["", f"Kernel candidates at T={k['T']}, D={k['D']}, B={k['B']}, H={k['H']} ({k['dtype']}, config table "
                   f"{k['table_version']}): forward ms for fwd, backward-only ms for dkdv/dq (the other backward kernel "
@@ -380,7 +385,7 @@ def main(argv=None) -> int:
     unknown = sorted(set(steps) - set(STEPS))
     if unknown:
         ap.error(f"unknown steps {unknown}; expected a subset of {list(STEPS)}")
-    setup = Setup(args.tiny, args.eval_limit, args.gptq_layers)
+    setup = Setup(args.tiny, args.eval_limit, args.gptq_layers, args.out)
 
     import triton
 
@@ -397,12 +402,12 @@ def main(argv=None) -> int:
     for step in steps:
         log(f"{step} ...")
         t0 = time.time()
+        results[step] = {}
         try:
-            results[step] = {"kernel": step_kernel, "gptq": step_gptq, "cell": step_cell}[step](setup) \
-                if step != "eval" else step_eval(setup, args.out)
+            {"kernel": step_kernel, "gptq": step_gptq, "eval": step_eval, "cell": step_cell}[step](setup, results[step])
         except Exception as exc:  # noqa: BLE001 - one failing step must not lose the others' numbers
             traceback.print_exc()
-            results[step] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            results[step].update(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         results[step]["step_seconds"] = time.time() - t0
         if setup.cuda:
             torch.cuda.empty_cache()

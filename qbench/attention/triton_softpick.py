@@ -565,7 +565,8 @@ def _config_for(kernel, config, head_dim, t, tma_tensors) -> KernelConfig:
 
 def backend_label(q, k=None, v=None) -> str:
     """The configs the next softpick_attention call on these inputs runs, e.g.
-    "fwd(128,64,8,3)", plus ",dkdv(...),dq(...)" when autograd will differentiate it."""
+    "fwd(128,64,8,3)", plus ",dkdv(...),dq(...)" when autograd will differentiate it (whether a
+    backward tma config can run is judged on q, k, v: dO is not known yet)."""
     _, _, t, d = q.shape
     tensors = [x for x in (q, k, v) if x is not None]
     label = f"fwd({_config_for('fwd', None, d, t, tensors).label()})"

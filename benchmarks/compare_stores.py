@@ -12,7 +12,7 @@ from pathlib import Path
 
 from qbench.sweep.store import Store
 
-PHASES = ("copy", "calibration_batch", "quantize", "evaluate")
+PHASES = ("load", "copy", "calibration_batch", "quantize", "evaluate")   # "load": records that time it
 
 
 def load_cells(store: Path) -> dict:
@@ -39,8 +39,17 @@ def metric_differences(a: dict, b: dict) -> tuple[int, list]:
 
 def label(cell: dict) -> str:
     recipe = cell["recipe"]["name"] if cell.get("recipe") else "fp"
-    bits = f" {cell['bits']}-bit" if cell.get("bits") else ""
-    return f"{cell['model']['kind']} {recipe}{bits}"
+    bits = f" {cell['label']}" if cell.get("label") else (f" {cell['bits']}-bit" if cell.get("bits") else "")
+    model = cell["model"]
+    return f"{model.get('arm') or model.get('kind')} {recipe}{bits}"   # old records: model.kind
+
+
+def backend_differences(a: dict, b: dict) -> list:
+    """[(cell label, backends in A, in B)] for shared cells whose recorded attention paths differ
+    (e.g. other kernel configs: softpick:triton:fwd(...))."""
+    return [(label(a[key]), sorted(a[key].get("attention_backends") or []), sorted(b[key].get("attention_backends") or []))
+            for key in sorted(set(a) & set(b))
+            if sorted(a[key].get("attention_backends") or []) != sorted(b[key].get("attention_backends") or [])]
 
 
 def time_split(cells: dict) -> dict:
@@ -60,6 +69,10 @@ def report(store_a: Path, store_b: Path) -> tuple[str, bool]:
              f"- metric values compared: {compared}; differing: {len(diffs)}"]
     for cell, task, name, va, vb in diffs[:20]:
         lines.append(f"  - {cell} {task} {name}: {va!r} vs {vb!r}")
+    backends = backend_differences(a, b)
+    lines.append(f"- cells whose attention paths (kernel configs) differ: {len(backends)}")
+    for cell, ba, bb in backends[:10]:
+        lines.append(f"  - {cell}: {ba} vs {bb}")
     ta, tb = time_split(a), time_split(b)
     lines += ["", "| seconds summed over cells | A | B | A / B |", "|---|--:|--:|--:|"]
     for row in ("cell", *PHASES, "cpu"):

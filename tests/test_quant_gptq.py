@@ -166,3 +166,84 @@ def test_gptq_on_a_model_without_blocks_and_on_a_transformers_llama():
         with torch.no_grad():
             out = m(calib[:2]).logits
         assert torch.isfinite(out).all() and not torch.allclose(out, ref)
+
+
+# ----------------------------------------------------------------- shared-input groups, fewer forwards
+@pytest.mark.parametrize("group_size,symmetric,act_order,static_groups", [
+    (None, False, False, False), (32, True, False, False), (32, False, True, False), (32, False, True, True)])
+def test_group_of_layers_is_bit_identical_to_each_layer_alone(group_size, symmetric, act_order, static_groups):
+    """q/k/v (or gate/up) share one Hessian: quantizing their stacked rows in one column loop gives
+    exactly what each gets alone (rows are independent in GPTQ)."""
+    from qbench.quant.gptq import gptq_quantize_group
+
+    g = torch.Generator().manual_seed(3)
+    X, _ = correlated(2048, 128, g)
+    X[:, 7] = 0   # a dead input
+    H = Hessian(128, "cpu")
+    H.add(X)
+    Ws = [torch.randn(rows, 128, generator=g) * 0.02 for rows in (96, 32, 32)]
+    Qs, infos = gptq_quantize_group(Ws, H.H, 3, group_size, symmetric, 0.01, act_order, static_groups, 32)
+    for W, Q, info in zip(Ws, Qs, infos):
+        alone, info_alone = gptq_quantize(W, H.H, 3, group_size, symmetric, 0.01, act_order, static_groups, 32)
+        assert torch.equal(Q, alone)
+        assert info["damp"] == info_alone["damp"] and info["loss"] == pytest.approx(info_alone["loss"], rel=1e-5)
+
+
+def _block_inputs(model, ids):
+    """Inputs of every linear of model.layers.0 in a full-precision forward."""
+    xs, hooks = {}, []
+
+    def grab(mod, inp, out, n):
+        xs.setdefault(n, inp[0])   # returns None: the module's output stays
+
+    for n, mod in model.named_modules():
+        if n.startswith("model.layers.0.") and n.endswith("_proj"):
+            hooks.append(mod.register_forward_hook(lambda m, i, o, n=n: grab(m, i, o, n)))
+    with torch.no_grad():
+        model(ids)
+    for h in hooks:
+        h.remove()
+    return xs
+
+
+@pytest.mark.parametrize("true_sequential", [True, False])
+def test_model_walk_equals_per_layer_gptq_on_the_first_block(true_sequential):
+    """Through quantize(): the layers of the first block that see full-precision inputs (its first
+    stage; the whole block without true_sequential) get exactly per-layer GPTQ on their own
+    Hessians, as before the shared-Hessian walk."""
+    import copy
+
+    from qbench.quant import quantize
+
+    base = new_model("softmax", seed=1, hidden_size=64, num_hidden_layers=2, num_heads=4, vocab_size=256,
+                     max_position_embeddings=64)
+    ids = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(2))
+    xs = _block_inputs(base, ids)
+    recipe = _recipe("gptq", 4, samples=8, seq_len=32, true_sequential=true_sequential)
+    m = copy.deepcopy(base)
+    quantize(m, recipe, 4, ids)
+    w = recipe.weight
+    stage = ["q_proj", "k_proj", "v_proj"] if true_sequential else list({n.split(".")[-1] for n in xs})
+    for short in stage:
+        n = next(x for x in xs if x.endswith("." + short))
+        H = Hessian(xs[n].shape[-1], "cpu")
+        H.add(xs[n])
+        want, _ = gptq_quantize(base.get_submodule(n).weight.data, H.H, 4, w["group_size"], w["symmetric"],
+                                w["damp"], w["act_order"], w["static_groups"], w["block_size"])
+        assert torch.equal(m.get_submodule(n).weight.data, want), n
+
+
+def test_stage_forwards_stop_once_the_stage_has_its_inputs():
+    """The q/k/v stage never runs attention: its forwards stop after v_proj. Per block, attention
+    runs once to find the stages, once per later stage (o, gate/up, down) and once to pass the
+    quantized block's output on (not after the last block)."""
+    from qbench.quant import quantize
+
+    m = new_model("softpick", seed=0, hidden_size=64, num_hidden_layers=3, num_heads=4, vocab_size=256,
+                  max_position_embeddings=64)
+    calls = []
+    for i, block in enumerate(m.model.layers):
+        block.attn.o_proj.register_forward_pre_hook(lambda mod, inp, i=i: calls.append(i))
+    ids = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
+    quantize(m, _recipe("gptq", 4, samples=8, seq_len=32), 4, ids)
+    assert [calls.count(i) for i in range(3)] == [1 + 3 + 1, 1 + 3 + 1, 1 + 3]

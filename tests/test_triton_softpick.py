@@ -141,9 +141,18 @@ def run_case(case, device, fwd_config=None, bwd_configs=None):
 # ------------------------------------------------------------------ interpreter (CPU) tests
 INTERP_FWD = (32, 16, 4, 2)
 INTERP_BWD = {"dkdv": (16, 32, 4, 2), "dq": (32, 16, 4, 2)}
-# other block shapes (BLOCK_M > BLOCK_N ratios, BLOCK_M == BLOCK_N) on a few cases
+# other block shapes (BLOCK_M > BLOCK_N ratios, BLOCK_M == BLOCK_N) and the TMA variant (tensor
+# descriptors, which the interpreter emulates) on a few cases
 INTERP_ALT = [((32, 32, 4, 2), {"dkdv": (32, 32, 4, 2), "dq": (32, 32, 4, 2)}),
-              ((64, 16, 4, 2), {"dkdv": (16, 64, 4, 2), "dq": (64, 16, 4, 2)})]
+              ((64, 16, 4, 2), {"dkdv": (16, 64, 4, 2), "dq": (64, 16, 4, 2)}),
+              ((32, 16, 4, 2, "tma"), {"dkdv": (16, 32, 4, 2, "tma"), "dq": (32, 16, 4, 2, "tma")})]
+# a table with a bucket of its own (T <= 64) and defaults elsewhere: which config runs, and twice
+# the same bits
+INTERP_TABLE = {"configs": {
+    "fwd": {"64": {"default": [32, 16, 4, 2], "64": [16, 16, 4, 2, "tma"]}, "128": {"default": [32, 32, 4, 2]}},
+    "dkdv": {"64": {"default": [16, 32, 4, 2], "64": [16, 16, 4, 2]}, "128": {"default": [16, 32, 4, 2]}},
+    "dq": {"64": {"default": [32, 16, 4, 2], "64": [16, 16, 4, 2, "tma"]}, "128": {"default": [32, 32, 4, 2]}},
+}}
 
 
 def interpreter_cases():
@@ -169,27 +178,8 @@ def interpreter_cases():
     ]
 
 
-def _patch_interpreter_numpy():
-    """Triton 3.6's interpreter converts scalar tensors with int(array of shape (1,)), which
-    numpy >= 2.4 rejects (it breaks `range(lo, hi)` with tensor bounds). Convert via .reshape."""
-    import numpy as np
-    import triton.runtime.interpreter as interp
-
-    original = interp._patch_lang_tensor
-    if getattr(original, "_qbench_patched", False):
-        return
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
-
-    patched._qbench_patched = True
-    interp._patch_lang_tensor = patched
-
-
 def interpreter_main():
     assert os.environ.get("TRITON_INTERPRET") == "1", "set TRITON_INTERPRET=1 before importing triton"
-    _patch_interpreter_numpy()
     results = []
     for case in interpreter_cases():
         results.append(run_case(case, "cpu", INTERP_FWD, INTERP_BWD))
@@ -201,16 +191,46 @@ def interpreter_main():
     for res in results:
         res["tol"] = TOL[torch.float16] if "fp16" in res["name"] else TOL[torch.float32]
     print("RESULTS " + json.dumps(results))
+    print("TABLE " + json.dumps(table_path_runs()))
+
+
+def table_path_runs():
+    """With no config given, each kernel runs the table's config for its (head-dim class, T bucket);
+    two calls on the same inputs give identical bits. Returns, per case, the configs that ran,
+    the ones the table names, the label, and whether the two calls' outputs are bit-identical."""
+    tsp = _kernel_module()
+    runs = []
+    with tsp.use_config_table(INTERP_TABLE):
+        for case in interpreter_cases()[5:9]:   # T = 50, 33, 40 (bucket 64) and 70 (bucket 128)
+            q, k, v, do, lens = make_case(case["b"], case["h"], case["hkv"], case["t"], case["d"], case["dtype"],
+                                          "cpu", case["seed"], case.get("lens"), case.get("neg_rows", ()))
+            outs = []
+            for _ in range(2):
+                o, lse = tsp.softpick_forward(q, k, v, lens)
+                outs.append((o, lse, *tsp.softpick_backward(q, k, v, o, lse, do, lens)))
+            ran = {name: list(cfg) for name, cfg in tsp.last_configs().items()}
+            want = {name: list(tsp.table_config(name, case["d"], case["t"])) for name in ("fwd", "dkdv", "dq")}
+            runs.append({"name": case["name"], "t": case["t"], "ran": ran, "table": want,
+                         "label": tsp.backend_label(q.requires_grad_(), k, v),
+                         "identical": all(torch.equal(a, b) for a, b in zip(*outs))})
+    return runs
 
 
 @pytest.fixture(scope="module")
-def interpreter_results():
+def interpreter_run():
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "interpret"], env=env,
                           capture_output=True, text=True, timeout=600, cwd=REPO)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")]
-    assert proc.returncode == 0 and lines, f"interpreter run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return json.loads(lines[-1][len("RESULTS "):])
+    found = {tag: json.loads(ln[len(tag) + 1:]) for ln in proc.stdout.splitlines()
+             for tag in ("RESULTS", "TABLE") if ln.startswith(tag + " ")}
+    assert proc.returncode == 0 and len(found) == 2, \
+        f"interpreter run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return found
+
+
+@pytest.fixture(scope="module")
+def interpreter_results(interpreter_run):
+    return interpreter_run["RESULTS"]
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
@@ -223,6 +243,19 @@ def test_interpreter_forward_and_gradients_match_float64(interpreter_results):
             bad.append(res)
     assert len(interpreter_results) == len(interpreter_cases()) + 4 * len(INTERP_ALT)
     assert not bad, json.dumps(bad, indent=1)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_interpreter_table_configs_run_and_give_identical_bits(interpreter_run):
+    runs = interpreter_run["TABLE"]
+    assert [r["t"] for r in runs] == [50, 33, 40, 70]
+    for r in runs:
+        assert r["ran"] == r["table"], r
+        assert r["identical"], r
+        bucket = "64" if r["t"] <= 64 else "default"
+        want = {name: INTERP_TABLE["configs"][name]["64"][bucket] for name in ("fwd", "dkdv", "dq")}
+        assert {name: cfg[:4] + (["tma"] if cfg[4] else []) for name, cfg in r["ran"].items()} == want, r
+        assert r["label"] == ",".join(f"{name}({','.join(str(x) for x in cfg)})" for name, cfg in want.items())
 
 
 def test_reference64_matches_model_reference():
@@ -278,17 +311,11 @@ def gpu_cases():
     return cases
 
 
-@pytest.fixture
-def default_configs(monkeypatch):
-    """Shape-class tests run the fixed default config (fast compile); test_gpu_every_config covers
-    each autotune candidate."""
-    monkeypatch.setenv("QBENCH_SOFTPICK_AUTOTUNE", "0")
-
-
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("case", gpu_cases())
-def test_gpu_matches_float64(case, default_configs):
+def test_gpu_matches_float64(case):
+    """The table's configs on every shape class; test_gpu_every_config covers each candidate."""
     res = run_case(case, "cuda")
     tol = TOL[case["dtype"]]
     print(f"\n{res['name']}: out {res['out']:.2e} dq {res['dq']:.2e} dk {res['dk']:.2e} dv {res['dv']:.2e}")
@@ -302,8 +329,8 @@ def test_gpu_matches_float64(case, default_configs):
 @gpu
 @pytest.mark.parametrize("d", [64, 128])
 def test_gpu_every_config(d):
-    """Every autotune candidate (forward, dkdv, dq) computes the same function (bf16, odd T,
-    right padding, no GQA: the benchmark's specialization, so its compiles are reused)."""
+    """Every tuning candidate (forward, dkdv, dq; tma variants too) computes the same function
+    (bf16, odd T, right padding, no GQA: the benchmark's specialization)."""
     from qbench.attention import triton_softpick as tsp
 
     case = dict(name=f"configs-d{d}", b=2, h=16, hkv=16, t=1111, d=d, dtype=torch.bfloat16, seed=7 + d,
@@ -320,8 +347,8 @@ def test_gpu_every_config(d):
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_autotuned_path_and_strided_inputs():
-    """The default (autotuned) path on q/k/v that are transposed views of [B, T, H, D] tensors,
+def test_gpu_table_path_and_strided_inputs():
+    """The default (table) path on q/k/v that are transposed views of [B, T, H, D] tensors,
     as the model produces them."""
     from qbench.attention.triton_softpick import softpick_attention
 
@@ -338,8 +365,103 @@ def test_gpu_autotuned_path_and_strided_inputs():
     ref = reference64(qr, kr, vr, lens)
     ref.backward(do.double())
     errs = [rel_err(out, ref), rel_err(q.grad, qr.grad), rel_err(k.grad, kr.grad), rel_err(v.grad, vr.grad)]
-    print("\nautotuned strided: " + " ".join(f"{e:.2e}" for e in errs))
+    print("\ntable path, strided: " + " ".join(f"{e:.2e}" for e in errs))
     assert max(errs) < TOL[torch.bfloat16]
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_same_bits_twice_and_the_label_names_the_configs():
+    """Evaluation's determinism: the same inputs give identical bits call after call (fresh output
+    buffers, the caching allocator reusing memory in between), and attend() records the configs."""
+    from qbench.attention import attend, backend_log
+    from qbench.attention import triton_softpick as tsp
+
+    b, t, h, d = 3, 777, 8, 64
+    g = torch.Generator(device="cpu").manual_seed(11)
+    q, k, v = (torch.randn(b, t, h, d, generator=g).to("cuda", torch.bfloat16).transpose(1, 2) for _ in range(3))
+    mask = (torch.arange(t)[None, :] < torch.tensor([777, 500, 64])[:, None]).long().cuda()
+    runs = []
+    for _ in range(3):
+        with backend_log() as seen:
+            out, _ = attend(q, k, v, "softpick", key_mask=mask)
+        runs.append(out)
+        torch.cuda.empty_cache()
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
+    label = tsp.backend_label(q, k, v)
+    assert seen == {"softpick:triton:" + label}
+    assert label == f"fwd({tsp.table_config('fwd', d, t).label()})"
+    qg, kg, vg = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    do = torch.randn_like(qg)
+    grads = []
+    for _ in range(2):
+        out = tsp.softpick_attention(qg, kg, vg, seq_lens=mask.sum(1))
+        grads.append(torch.autograd.grad(out, (qg, kg, vg), do))
+    assert all(torch.equal(x, y) for x, y in zip(*grads))
+
+
+# ------------------------------------------------------------------ the config table (no GPU)
+def _tsp():
+    from qbench.attention import triton_softpick
+
+    return triton_softpick
+
+
+def _table_copy():
+    return json.loads((REPO / "qbench" / "attention" / "kernel_configs.json").read_text())
+
+
+def test_committed_table_loads_and_covers_every_kernel():
+    tsp = _tsp()
+    version = tsp.config_table_version()
+    assert len(version) == 12 and int(version, 16) >= 0 and version == tsp.config_table_version()
+    for name in tsp.KERNELS:
+        for d in (32, 64, 128):
+            for t in (1, 64, 65, 1000, 4096, 100_000):
+                cfg = tsp.table_config(name, d, t)
+                assert isinstance(cfg, tsp.KernelConfig) and tsp.as_config(cfg, name) == cfg
+    assert [tsp.t_bucket(t) for t in (1, 64, 65, 128, 129, 4096, 4097)] == [64, 64, 128, 128, 256, 4096, 8192]
+    for name, by_class in tsp.CONFIGS.items():   # every tuning candidate is a valid config
+        for cands in by_class.values():
+            for c in cands:
+                tsp.as_config(c, name)
+
+
+def test_table_version_hashes_the_configs_only():
+    tsp = _tsp()
+    base = tsp.config_table_version()
+    raw = _table_copy()
+    raw["about"] = "another note"
+    with tsp.use_config_table(raw):
+        assert tsp.config_table_version() == base
+    raw["configs"]["fwd"]["128"]["4096"] = [128, 128, 8, 2, "tma"]
+    with tsp.use_config_table(raw):
+        assert tsp.config_table_version() != base
+        assert tsp.table_config("fwd", 128, 3000) == tsp.KernelConfig(128, 128, 8, 2, True)
+        assert tsp.table_config("fwd", 128, 5000) == tsp.table_config("fwd", 128, 100)   # the default
+    assert tsp.config_table_version() == base
+
+
+@pytest.mark.parametrize("change,field", [
+    (lambda c: c.pop("dq"), "configs"),
+    (lambda c: c["fwd"].pop("64"), "configs.fwd"),
+    (lambda c: c["fwd"]["128"].pop("default"), "configs.fwd.128"),
+    (lambda c: c["fwd"]["128"].update({"100": [128, 64, 8, 3]}), "configs.fwd.128.100"),
+    (lambda c: c["dq"]["64"].update({"default": [128, 96, 8, 3]}), "configs.dq.64.default"),
+    (lambda c: c["dkdv"]["64"].update({"default": [64, 32, 8, 3]}), "configs.dkdv.64.default"),
+    (lambda c: c["fwd"]["64"].update({"default": [128, 64, 8, 3, "fast"]}), "configs.fwd.64.default"),
+    (lambda c: c["fwd"]["64"].update({"default": [128, 64, 8]}), "configs.fwd.64.default"),
+])
+def test_bad_tables_are_refused_naming_the_field(change, field):
+    tsp = _tsp()
+    raw = _table_copy()
+    change(raw["configs"])
+    with pytest.raises(tsp.KernelConfigError, match=field.replace(".", r"\.")):
+        with tsp.use_config_table(raw, "bad.json"):
+            pass
+    from qbench.errors import QBenchError
+
+    assert issubclass(tsp.KernelConfigError, QBenchError)
 
 
 if __name__ == "__main__":

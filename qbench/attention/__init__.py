@@ -79,7 +79,7 @@ def attend(q, k, v, kind: str, key_mask=None, need_weights: bool = False, quant=
         lengths = right_padded_lengths(key_mask)
         if triton_softpick.is_available() and (key_mask is None or lengths is not None):
             q, k, v = (plain_tensor(t) for t in (q, k, v))
-            _ran("softpick:triton")
+            _ran("softpick:triton:" + triton_softpick.backend_label(q, k, v))
             return triton_softpick.softpick_attention(q, k, v, seq_lens=lengths), None
     _ran("softpick:reference")
     return softpick_reference(q, k, v, key_mask), None

@@ -21,8 +21,11 @@ from .. import paths
 def _load(model_path, device, dtype):
     import torch
 
+    from .. import bench_models
     from ..model import load_checkpoint
 
+    if bench_models.parse_spec(model_path):   # random:SIZE[:ATTENTION], a random model built in memory
+        return bench_models.load_spec(model_path, device, getattr(torch, dtype))
     ckpt = load_checkpoint(model_path, device=device, dtype=getattr(torch, dtype))
     return ckpt.model, ckpt.tokenizer, getattr(ckpt, "content_hash", None)
 
@@ -124,7 +127,9 @@ def register_bench_commands(bench_subparsers) -> None:
     """Adds `eval` to the `qbench bench` subcommands."""
     p = bench_subparsers.add_parser("eval", help="time our lm-eval scorer against lm-eval's stock HFLM",
                                     description=__doc__)
-    p.add_argument("--model", default=None, help=f"checkpoint folder (default {paths.BUNDLED_SOFTMAX})")
+    p.add_argument("--model", default=None, help=f"checkpoint folder (default {paths.BUNDLED_SOFTMAX}), or "
+                                                  "random:SIZE[:ATTENTION] for a random model at a paper size "
+                                                  "(random:340M, random:1.8B:softpick; qbench/bench_models.py)")
     p.add_argument("--tasks", default="paper", help="task set or comma-separated tasks (default paper)")
     p.add_argument("--limit", type=int, default=None, help="examples per task (default all)")
     p.add_argument("--device", default=None, help="cuda or cpu (default cuda when available)")

@@ -101,7 +101,8 @@ def cell_code_versions(recipe: dict | None) -> dict[str, str]:
 
 def runtime_identity(device: str) -> dict:
     """Switches that change numbers without changing code: environment variables read on the
-    numerical path, the float32 matmul precision and TF32 flags, deterministic-algorithms mode."""
+    numerical path, the float32 matmul precision and TF32 flags, deterministic-algorithms mode, and
+    on CUDA the softpick kernel's committed config table (qbench/attention/kernel_configs.json)."""
     import os
 
     import torch
@@ -116,8 +117,7 @@ def runtime_identity(device: str) -> dict:
     if device == "cuda":
         ident.update(cuda_matmul_tf32=torch.backends.cuda.matmul.allow_tf32,
                      cudnn_tf32=torch.backends.cudnn.allow_tf32,
-                     softpick_autotune=os.environ.get("QBENCH_SOFTPICK_AUTOTUNE", "1"),
-                     softpick_kernel_configs=getattr(triton_softpick, "config_table_version", lambda: "defaults")())
+                     softpick_kernel_configs=triton_softpick.config_table_version())
     return ident
 
 

@@ -39,9 +39,13 @@ TASK_TITLE = b"ray::qbench_cell"
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port outside the range Ray keeps for its workers (10002-19999)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not 10000 <= port < 20000:
+            return port
 
 
 def _proc(pid: int) -> dict | None:
@@ -243,6 +247,33 @@ def test_objects_reach_a_worker_without_the_driver_paths(ray_env, sweep_file, lo
     assert missing_inputs(spec) is None
     problem = missing_inputs(gone)
     assert all(p in problem for p in (gone.model_path, gone.tasks_dir, gone.calibration_text, "--ray-ship objects"))
+
+
+def test_a_cell_whose_every_worker_died_is_stored_as_failed(ray_env, sweep_file, tmp_path):
+    """Without retries (max_retries=0), a killed worker fails its cell: a failed record naming the
+    crash comes back (the driver stores it; a rerun retries the cell)."""
+    from qbench.sweep.ray_executor import RayExecutor
+
+    sweep = load_sweep(sweep_file, results_dir=tmp_path / "r")
+    spec = expand(sweep)[0]
+    ex = RayExecutor(sweep, address=ray_env["address"], max_retries=0, log=lambda line: None)
+    try:
+        ex.submit(spec, "run-y", 3)
+        end = time.time() + 120
+        while not _cell_workers(ray_env):
+            assert time.time() < end, "no worker started the cell"
+            time.sleep(0.05)
+        for pid in _cell_workers(ray_env):
+            os.kill(pid, signal.SIGKILL)
+        result = None
+        while result is None and time.time() < end:
+            result = ex.next_result(timeout=2)
+    finally:
+        ex.close()
+    got, record, items = result
+    assert got is spec and record["key"] == spec.key and items is None
+    assert record["status"] == "failed" and record["attempt"] == 3 and record["run_id"] == "run-y"
+    assert "retried 0 times): " in record["error"] and "Worker" in record["error"], record["error"]
 
 
 def test_environment_mismatch_fails_the_cell(sweep_file, tmp_path):

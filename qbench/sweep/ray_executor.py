@@ -34,14 +34,16 @@ Inputs reach the workers in one of two ways (`--ray-ship`):
 
 Cost of `objects` for a 1.8B checkpoint, on paper (no 1.8B file on the machine that wrote this):
 1.8e9 parameters are 3.6 GB in bfloat16 (7.2 GB in float32). Measured with `measure_transfer`
-on CPU, 2 cores (a two-node Ray cluster on one host, 256 MiB random blob, best of 3): ray.put
-PUT_RATE, fetch by a task on the other node GET_RATE, writing it to the worker's temp folder
-WRITE_RATE. Extrapolated: the driver's put of one arm takes about PUT_18B once per sweep (its
-memory peaks at twice the file while reading it), and each cell pays a fetch (GET_18B; later
-cells on a node read the node's copy) plus the unpack (WRITE_18B) before loading. Against a
-1.8B cell's minutes on a GPU this is small, but it is memory on every node (object store
-spills to disk past its size) and the copies cross the network once per node; across hosts
-the fetch runs at the network's speed (10 Gb/s: about 3 s per 3.6 GB) rather than loopback's.
+(CPU, 2 cores, load average about 10; a two-node Ray cluster on one host, object store in
+/dev/shm; 256 MiB random blob, best of 3): ray.put 1.8 GB/s, the fetch by a task on the other
+node 0.43 GB/s, the worker writing it to its temp folder (with fsync) 0.33 GB/s. Extrapolated to
+3.6 GB: the driver's put of one arm takes about 2 s once per sweep (the driver's memory holds
+the file twice meanwhile: read, then copied into the object store), and each cell pays the
+fetch, about 8 s (later cells on a node read that node's copy), and the unpack, about 11 s,
+before loading the model: some 20 s per cell (twice that in float32), small against a 1.8B
+cell's minutes on a GPU. It also costs memory: each node's object store holds a copy of every
+arm it ran (7.2 GB for a bfloat16 pair; past its size Ray spills to disk), and across hosts the
+fetch runs at the network's speed (10 Gb/s: about 3 s per 3.6 GB) rather than loopback's.
 
 Every node needs qbench and the libraries in the driver's versions: the worker compares its
 library versions, qbench code-area versions, runtime switches and device (GPU name on CUDA) with
@@ -240,9 +242,10 @@ class RayExecutor:
             except Exception as err:
                 raise RayError(f"cannot start or join the Ray cluster{f' at {address}' if address else ''}: "
                                f"{_first_line(err)}") from None
+        env = forwarded_env()
         self.task = ray.remote(num_cpus=cpus_per_cell, num_gpus=1 if self.gpu else 0, max_calls=1,
                                max_retries=max_retries, retry_exceptions=False)(_run_cell).options(
-            name=TASK_NAME, runtime_env={"env_vars": forwarded_env()} if forwarded_env() else None)
+            name=TASK_NAME, runtime_env={"env_vars": env} if env else None)
         self.running: dict = {}          # ObjectRef -> (spec, run_id, attempt, deadline)
         self.shipped: dict = {}          # what `objects` put into the object store, by input
         self.shipped_bytes = 0
@@ -354,8 +357,8 @@ class RayExecutor:
             data = json.loads(self.ray.get(ref))
         except self.ray.exceptions.RayError as err:  # every attempt's worker died, node lost, ...
             return spec, failed_record(spec, run_id, attempt,
-                                       f"the Ray task of the cell failed after up to {1 + self.max_retries} "
-                                       f"attempts: {_first_line(err)}"), None
+                                       f"the Ray task of the cell failed (a dead worker is retried "
+                                       f"{self.max_retries} times): {_first_line(err)}"), None
         record = data["record"]
         record["model"]["path"] = spec.model_path          # the driver's paths, as a local run records them
         if record.get("calibration"):

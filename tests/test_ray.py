@@ -286,6 +286,10 @@ def test_environment_mismatch_fails_the_cell(sweep_file, tmp_path):
     ident["code"]["scorer"] = "99"
     problem = environment_mismatch(replace(spec, identity=ident))
     assert "versions.torch: driver '0.0'" in problem and "code.scorer: driver '99'" in problem
+    assert "recipe" not in problem
+    ident = json.loads(json.dumps(spec.identity))
+    ident["recipe"]["weight"]["group_size"] = 16
+    assert "resolves the cell's recipe differently" in environment_mismatch(replace(spec, identity=ident))
 
 
 def test_cell_timeout_cancels_and_fails_the_cell(ray_env, tiny_pair, tmp_path, capsys):

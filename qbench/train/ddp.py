@@ -1,7 +1,8 @@
 """Data parallelism: one process per GPU (or per CPU share, gloo), started by torchrun.
 
-`init(device)` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT);
-without it the run is one process, as before. Every rank builds the same model from the same
+`init(device)` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) and
+joins the process group (also for a world of one, so that one GPU runs the DDP path); without
+that environment the run is one plain process, as before. Every rank builds the same model from the same
 seed (DDP checks it and broadcasts rank 0's weights anyway), draws the same global batch from the
 same seeded sampler, and trains on its own contiguous shard of it (`shard`); DDP averages the
 gradients, so a step equals the single-process step on the whole global batch up to the order of
@@ -23,7 +24,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    backend: str | None = None
+    backend: str | None = None         # set when this process joined a process group (torchrun)
 
     @property
     def main(self) -> bool:
@@ -31,7 +32,7 @@ class Dist:
 
     @property
     def enabled(self) -> bool:
-        return self.world > 1
+        return self.backend is not None
 
     def record(self, batch_size: int, micro_batch: int) -> dict:
         local = batch_size // self.world
@@ -41,17 +42,17 @@ class Dist:
 
 
 def launched() -> bool:
-    """True inside a process that torchrun started with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """True inside a process that torchrun started."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def init(device_name: str):
     """(Dist, torch.device) of this process; joins the process group when torchrun started it."""
     import torch
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if not launched():
         return Dist(), pick_device(device_name)
+    world = int(os.environ["WORLD_SIZE"])
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device_name not in ("auto", "cpu", "cuda"):
         raise TrainError(f"--device {device_name}: a data-parallel run picks one device per process "

@@ -1,5 +1,5 @@
 """Processes of a run: a pair's two arms (one after the other, or at once in two processes), and
-data-parallel runs under torchrun (`--nproc N`: N processes per arm; on CUDA one GPU each, the
+data-parallel runs under torchrun (`--processes N`: N processes per arm; on CUDA one GPU each, the
 two arms of a pair on disjoint GPU sets when 2 x N GPUs are visible, e.g. 4 + 4 on eight).
 
 Each child is `python -m qbench.train.train ...` (wrapped in `python -m torch.distributed.run
@@ -102,11 +102,11 @@ def train_distributed(spec: RunSpec) -> dict:
         return measure_one(spec)
     out = prepare_out_dir(Path(spec.out), spec.overwrite)
     inputs = resolve_for(spec)
-    return run_arms(spec, inputs, out.parent, {spec.kind: out}, concurrent=False)[spec.kind]
+    return run_arms(spec, inputs, out, {spec.kind: out}, concurrent=False)[spec.kind]
 
 
 def measure_one(spec: RunSpec) -> dict:
-    """The --measure-steps result of one arm (in this process, or under torchrun for --nproc > 1)."""
+    """The --measure-steps result of one arm (in this process, or under torchrun for --processes > 1)."""
     if spec.nproc == 1:
         return train_one(spec)
     with tempfile.TemporaryDirectory(prefix="qbench-measure-") as tmp:
@@ -130,7 +130,7 @@ def _child_argv(spec: RunSpec, inputs: Inputs, kind: str, out: Path) -> list[str
     argv += ["--tokenizer", str(Path(inputs.tokenizer).resolve())] if inputs.tokenizer else []
     argv += ["--from", str(Path(spec.start).resolve())] if spec.start else []
     argv += ["--heldout", str(Path(inputs.heldout).resolve())] if inputs.heldout else ["--no-eval"]
-    argv += ["--nproc", str(spec.nproc)] if spec.nproc > 1 else []
+    argv += ["--processes", str(spec.nproc)] if spec.nproc > 1 else []
     argv += ["--compile"] if spec.compile else []
     argv += [] if spec.deterministic else ["--no-deterministic"]
     argv += ["--overwrite"] if spec.overwrite or spec.measure_steps is not None else []
@@ -148,15 +148,15 @@ def arm_envs(n_arms: int, nproc: int, device: str, concurrent: bool) -> list[dic
         return [worker_devices(running * nproc, "cpu")[0] for _ in range(n_arms)]
     if device not in ("auto", "cuda"):    # pinned to one device (cuda:N): nothing to spread
         if nproc > 1:
-            raise TrainError(f"--device {device} with --nproc {nproc}: use --device cuda (one GPU per process)")
+            raise TrainError(f"--device {device} with --processes {nproc}: use --device cuda (one GPU per process)")
         return [{} for _ in range(n_arms)]
     visible = _visible_gpus()
     need = running * nproc
     if len(visible) < nproc:
-        raise TrainError(f"--nproc {nproc}: only {len(visible)} GPU(s) visible ({', '.join(visible) or 'none'})")
+        raise TrainError(f"--processes {nproc}: only {len(visible)} GPU(s) visible ({', '.join(visible) or 'none'})")
     if len(visible) < need:
         if nproc > 1:
-            raise TrainError(f"--pair --nproc {nproc} at once needs {need} GPUs, {len(visible)} visible; "
+            raise TrainError(f"--pair --processes {nproc} at once needs {need} GPUs, {len(visible)} visible; "
                              f"pass --sequential (each arm on {nproc} GPUs, one after the other)")
         return [{} for _ in range(n_arms)]     # one GPU: the arms share it
     envs = worker_devices(need, "cuda")

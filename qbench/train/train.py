@@ -1,5 +1,5 @@
 """Training: `qbench train --preset NAME --attention KIND --out DIR`, `--pair` (DIR/softmax and
-DIR/softpick), `--from CHECKPOINT` (continued training with the attention switched), `--nproc N`
+DIR/softpick), `--from CHECKPOINT` (continued training with the attention switched), `--processes N`
 (data parallel, torchrun), `--measure-steps N` (tokens/s of a preset, nothing saved).
 
 The two models of a pair share everything but the attention function: the preset (shape and
@@ -196,7 +196,7 @@ def check_spec(spec: RunSpec) -> dict:
     if spec.out is None and spec.measure_steps is None:
         raise TrainError("--out is needed (only --measure-steps runs without an output folder)")
     if spec.nproc < 1:
-        raise TrainError(f"--nproc must be at least 1, got {spec.nproc}")
+        raise TrainError(f"--processes must be at least 1, got {spec.nproc}")
     if spec.precision not in PRECISIONS:
         raise TrainError(f"unknown --precision {spec.precision!r}; expected one of {', '.join(PRECISIONS)}")
     if spec.optimizer_impl not in OPTIMIZER_IMPLS:
@@ -483,7 +483,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                                           ".txt, .txt.gz or a .u16 token file")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out perplexity")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N]")
-    parser.add_argument("--nproc", type=int, default=1,
+    parser.add_argument("--processes", dest="nproc", type=int, default=1,
                         help="data-parallel processes per model (torchrun; one GPU each on CUDA, gloo on the CPU); "
                              "with --pair on CUDA the two models train at once on 2 x N GPUs when visible")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
@@ -503,6 +503,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prepare-only", action="store_true",
                         help="check the inputs, encode the corpus if needed, print what a run would use, and stop")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # (no option may be a prefix of one of torchrun's, e.g. --nproc: torchrun would take it)
     parser.add_argument("--log-every", type=int, default=10,
                         help="read the loss back from the device every N steps (every step is logged)")
     parser.add_argument("--recorded-command", help=argparse.SUPPRESS)
@@ -604,7 +605,7 @@ def register_train_command(subparsers) -> None:
 
 
 def main(argv=None) -> int:
-    """`python -m qbench.train.train ARGS` = `qbench train ARGS` (what --pair, --nproc and torchrun run)."""
+    """`python -m qbench.train.train ARGS` = `qbench train ARGS` (what --pair, --processes and torchrun run)."""
     parser = argparse.ArgumentParser(prog="qbench train", description=__doc__.split("\n\n")[0])
     add_train_arguments(parser)
     args = parser.parse_args(argv)

@@ -48,7 +48,8 @@ def test_two_gloo_processes_equal_one_process(corpus, tmp_path):
     assert differ < 1e-5 and trained > 1e-3, (differ, trained)             # equal, and not just the init
     losses = [[float(r["loss"]) for r in read_log(folder)] for folder in (one, two)]
     assert np.allclose(losses[0], losses[1], rtol=1e-4)                     # the logged loss is the global mean
-    assert (two / "softpick.log").is_file() and "error" not in (two / "softpick.log").read_text().lower()
+    assert "softpick: 4 steps" in (two / "softpick.log").read_text()      # rank 0's report, once
+    assert (two / "softpick.log").read_text().count("softpick: 4 steps") == 1
 
 
 def test_gradient_accumulation_equals_one_batch(corpus, tmp_path):
@@ -66,16 +67,6 @@ def test_batch_must_split_over_processes_and_micro_batches(corpus, tmp_path):
         T.check_spec(spec(corpus, tmp_path, nproc=3))
     with pytest.raises(T.TrainError, match="micro-batches of 3"):
         T.check_spec(spec(corpus, tmp_path, micro_batch=3))
-
-
-@pytest.mark.slow
-def test_pair_with_two_processes_per_arm(corpus, tmp_path):
-    """--pair --processes 2 on the CPU: each arm a torchrun group of two gloo processes."""
-    pair = L.train_pair(spec(corpus, tmp_path / "pair", "pair", steps=2, evaluate=False, nproc=2))
-    assert pair["same_init"] and pair["same_data_order"] and pair["same_recipe"] and pair["processes_per_arm"] == 2
-    for kind in T.KINDS:
-        summary = json.loads((tmp_path / "pair" / kind / T.SUMMARY_FILE).read_text())
-        assert summary["attention"] == kind and summary["distributed"]["world_size"] == 2
 
 
 def test_arms_get_disjoint_gpu_sets(monkeypatch):

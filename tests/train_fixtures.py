@@ -27,10 +27,10 @@ def make_corpus(root):
     return root
 
 
-def spec(corpus, out, kind="softmax", **changes):
+def spec(corpus_dir, out, kind="softmax", **changes):
     fields = dict(preset="debug", kind=kind, out=str(out) if out else None, seed=0, steps=STEPS,
-                  tokens=str(corpus / "train.tokens.u16"), tokenizer=str(corpus / "tokenizer"),
-                  heldout=str(corpus / "heldout_eval.txt"), device="cpu", progress=False, log_every=5,
+                  tokens=str(corpus_dir / "train.tokens.u16"), tokenizer=str(corpus_dir / "tokenizer"),
+                  heldout=str(corpus_dir / "heldout_eval.txt"), device="cpu", progress=False, log_every=5,
                   command="qbench train (test)")
     fields.update(changes)
     return T.RunSpec(**fields)

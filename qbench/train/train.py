@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import QBenchError
 from ..files import file_sha256, make_writable_dir
 from ..paths import CORPUS_DIR
 from . import ddp
@@ -538,7 +539,7 @@ def cmd_train(args) -> int:
             summary = train_one(spec)
             if summary is not None:      # rank 0 of a data-parallel run, or a one-process run
                 print(format_result(summary, spec))
-    except (TrainError, CorpusError) as err:   # CorpusError: a missing split or tokenizer file
+    except QBenchError as err:   # TrainError, CorpusError (a missing split file), PairError (--from)...
         print(f"qbench: error: {err}", file=sys.stderr)
         return 2
     return 0

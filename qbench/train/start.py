@@ -67,9 +67,9 @@ def from_checkpoint(path, kind: str) -> Start:
 
     load_model = _load_model_function()
     if load_model is not None:
+        before = _attention_before(path)
         ckpt = load_model(str(path), attention=kind, device="cpu", dtype=torch.float32)
         fmt = getattr(ckpt, "format", None) or _format_of(ckpt.model)
-        before = getattr(ckpt, "attention_before", None)
         loader = "qbench.model.load_model"
     else:
         from ..model import ATTN_IMPL_OF_KIND, load_checkpoint, read_config, resolve
@@ -89,6 +89,17 @@ def from_checkpoint(path, kind: str) -> Start:
     origin = {"path": str(path), "format": fmt, "content_hash": ckpt.content_hash, "loader": loader,
               "attention_before": before, "attention": kind, "class": type(model).__name__}
     return Start(model, ckpt.tokenizer, origin)
+
+
+def _attention_before(path):
+    """The checkpoint's own attention kind, from qbench.model.inspect_checkpoint where it exists."""
+    from .. import model
+
+    inspect = getattr(model, "inspect_checkpoint", None)
+    if inspect is None:
+        return None
+    info = inspect(str(path))
+    return info.get("attention") if isinstance(info, dict) else getattr(info, "attention", None)
 
 
 def _format_of(model) -> str:

@@ -396,7 +396,8 @@ def _train(spec: RunSpec, preset: dict, inputs: Inputs | None, ctx: ddp.Dist, de
             "where they exist; torch's flash-attention backward (softmax) is not bitwise deterministic; the "
             "softpick kernel runs fixed block sizes (QBENCH_SOFTPICK_AUTOTUNE="
             f"{os.environ.get('QBENCH_SOFTPICK_AUTOTUNE', '1')})" if cuda and spec.deterministic
-            else "CPU: bitwise deterministic" + (" in one process" if ctx.enabled else "") if not cuda else "off"),
+            else "CPU: bitwise deterministic" if not (cuda or ctx.enabled)
+            else f"CPU, {ctx.world} gloo processes: bitwise repeatability not checked" if not cuda else "off"),
         "versions": versions(),
         "git_commit": git_commit(),
         "token_file": {"path": show_path(inputs.tokens), "tokens": int(len(tokens)), "dtype": str(tokens.dtype),
@@ -574,8 +575,8 @@ def format_measurement(m: dict) -> str:
     return (f"{m['preset']} {m['attention']}: {m['tokens_per_second']:,} tokens/s ({m['seconds_per_step'] * 1000:.1f} ms "
             f"per step of {m['batch_size']} x {m['context']}, {m['steps_timed']} steps timed, "
             f"{m['distributed']['world_size']} process(es), {m['precision_mode']}, {m['optimizer_impl']} AdamW, "
-            f"compile {m['compile']}{mem}); the preset's {m['preset_tokens'] / 1e9:.2f}B tokens would take "
-            f"{m['preset_minutes']} min; 30 min = {m['tokens_in_30_minutes'] / 1e9:.2f}B tokens")
+            f"compile {m['compile']}{mem}); the preset's {m['preset_tokens'] / 1e6:,.0f}M tokens would take "
+            f"{m['preset_minutes']} min; 30 min = {m['tokens_in_30_minutes'] / 1e6:,.0f}M tokens")
 
 
 def format_summary(summary: dict, out) -> str:

@@ -318,3 +318,14 @@ def test_attention_inputs_share_dtype_under_autocast(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(torch.randint(0, 300, (1, 8)))
     assert seen and all(len(set(dtypes)) == 1 for dtypes in seen), seen
+
+
+def test_medium_preset_size(tokenizer):
+    """GPT-2 small's layers (85M) plus the embeddings of the tokenizer (untied head); with the large
+    corpus's 32768 tokens: 135.3M."""
+    preset = T.resolve_preset("medium")
+    model = fresh_model(preset, "softpick", 0, tokenizer)
+    embeddings = 2 * model.config.vocab_size * 768
+    assert 84.9e6 < sum(p.numel() for p in model.parameters()) - embeddings < 85.1e6
+    assert preset["steps"] * preset["batch_size"] * preset["context"] >= 1e9
+    assert preset["batch_size"] % 8 == 0 and (preset["batch_size"] // 4) % preset["micro_batch"] == 0  # 4 + 4 GPUs

@@ -100,7 +100,9 @@ def test_measure_steps_saves_nothing_but_the_measurement(corpus, tmp_path):
     out = tmp_path / "m"
     m = T.train_one(spec(corpus, out, "softpick", measure_steps=6))
     assert m["steps_timed"] == 5 and m["warmup_steps_untimed"] == 1 and m["tokens_per_second"] > 0
-    assert m["preset_tokens"] == 20 * 8 * 64 and m["preset_minutes"] > 0
+    assert m["preset_tokens"] == 20 * 8 * 64
+    assert m["preset_minutes"] == pytest.approx(m["preset_tokens"] / m["tokens_per_second"] / 60, abs=0.06)
+    assert m["tokens_in_30_minutes"] == pytest.approx(m["tokens_per_second"] * 1800, rel=1e-3)
     assert sorted(p.name for p in out.iterdir()) == ["measure_softpick.json"]
     assert T.format_measurement(m).startswith("debug softpick: ")
     assert T.train_one(spec(corpus, None, "softmax", measure_steps=3))["steps_timed"] == 2   # no folder needed

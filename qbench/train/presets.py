@@ -46,7 +46,7 @@ PRESETS = {
         "context": 512, "batch_size": 64, "steps": 5000, "warmup_steps": 200, "lr": 1e-3,
         "eval_windows": 64, "save_dtype": "bfloat16",
     },
-    # ~136M parameters with a 32768-token tokenizer (the large corpus's; untied head): the layers
+    # 135.3M parameters with a 32768-token tokenizer (the large corpus's; untied head): the layers
     # are GPT-2 small's 85M (hidden 768, 12 layers, 12 heads; a SwiGLU MLP of 2048 has the
     # parameters of GPT-2's 3072-wide GELU MLP). 2000 steps x 512 x 1024 = 1.05B tokens seen.
     # micro_batch 32 x 1024 tokens per forward pass per GPU (memory); the global batch is split

@@ -114,6 +114,13 @@ def shard(ctx: Dist, batch_size: int) -> slice:
     return slice(ctx.rank * local, (ctx.rank + 1) * local)
 
 
+def barrier(ctx: Dist) -> None:
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def mean_across(ctx: Dist, tensor):
     """The mean of `tensor` over the ranks (the tensor itself in one process)."""
     if not ctx.enabled:

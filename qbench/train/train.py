@@ -313,11 +313,11 @@ def _train(spec: RunSpec, preset: dict, inputs: Inputs | None, ctx: ddp.Dist, de
     _set_determinism(device, spec.deterministic)
     if spec.start:
         start = from_checkpoint(spec.start, spec.kind)
-        inputs = inputs or resolve_inputs(spec, model_tokenizer=start.tokenizer)
+        inputs = inputs or _resolve_once(spec, ctx, start.tokenizer)
         tokenizer = load_tokenizer(inputs.tokenizer) if inputs.tokenizer else start.tokenizer
         model, origin = start.model, start.origin
     else:
-        inputs = inputs or resolve_inputs(spec)
+        inputs = inputs or _resolve_once(spec, ctx)
         tokenizer = load_tokenizer(inputs.tokenizer)
         model = fresh_model(preset, spec.kind, spec.seed, tokenizer)
         origin = {"fresh": True, "seed": spec.seed}
@@ -427,6 +427,14 @@ def _train(spec: RunSpec, preset: dict, inputs: Inputs | None, ctx: ddp.Dist, de
     summary["total_seconds"] = round(time.time() - started, 2)
     write_json(out / SUMMARY_FILE, summary)
     return model.to(save_dtype), summary
+
+
+def _resolve_once(spec: RunSpec, ctx: ddp.Dist, model_tokenizer=None) -> Inputs:
+    """resolve_inputs, encoding the corpus (when needed) on rank 0 only; the others then find it cached."""
+    if ctx.main:
+        inputs = resolve_inputs(spec, model_tokenizer)
+    ddp.barrier(ctx)
+    return inputs if ctx.main else resolve_inputs(spec, model_tokenizer)
 
 
 def _measurement(spec: RunSpec, preset: dict, result, settings: dict, params: int, device, out, warm: int) -> dict:

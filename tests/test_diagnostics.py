@@ -89,7 +89,7 @@ def test_sink_rate_and_sparsity_on_hand_built_maps():
 
 def test_chunked_stats_equal_full_maps_stats():
     torch.manual_seed(0)
-    from qbench.attention.reference import attention_weights, repeat_kv
+    from qbench.attention import attention_weights, repeat_kv
     from qbench.diagnostics.collect import maps_attention_stats
 
     q, k = torch.randn(2, 4, 37, 16) * 2, torch.randn(2, 2, 37, 16) * 2

@@ -212,10 +212,7 @@ def _resolve_attention(src: Source, config, attention: str | None) -> tuple[str,
     own, where = _own_attention(src, config)
     if attention is None or attention == own:
         return own, where, own
-    try:
-        forced = kinds.get(attention).name
-    except kinds.AttentionError as err:
-        raise CheckpointError(str(err)) from None
+    forced = kinds.get(attention).name   # AttentionError (a QBenchError) names the kinds
     return forced, f"forced (the checkpoint says {own}: {where})", own
 
 

@@ -23,8 +23,10 @@ transformers actually loaded.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import math
 import os
 import re
 from collections import Counter
@@ -179,18 +181,25 @@ def read_config(folder):
 def _load_config(src: Source):
     if src.format == "qbench":
         return read_config(src.folder)
-    from transformers import AutoConfig
-
     where = src.file if src.gguf_file else src.folder / "config.json"
-    try:
-        config = AutoConfig.from_pretrained(src.folder, gguf_file=src.gguf_file, local_files_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{where}: config could not be read: {type(err).__name__}: {err}") from None
+    config = copy.deepcopy(_hf_config(str(src.folder), src.gguf_file, *_file_key(where)))
     text = config.get_text_config()
     if getattr(text, "attn_logit_softcapping", None) is not None:
         raise CheckpointError(f"{where}: attn_logit_softcapping={text.attn_logit_softcapping} is not supported "
                               "(qbench's attention kinds normalise plain scaled dot products)")
     return config
+
+
+@lru_cache(maxsize=8)
+def _hf_config(folder: str, gguf_file: str | None, where: str, size: int, mtime: int):
+    """transformers' config of a folder or GGUF file (cached per file version: parsing a GGUF
+    header takes seconds); callers get a copy."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{where}: config could not be read: {type(err).__name__}: {err}") from None
 
 
 def _own_attention(src: Source, config) -> tuple[str, str]:
@@ -255,26 +264,84 @@ def _gguf_header(path: Path) -> GGUFHeader:
         raise CheckpointError(f"{path}: cannot be read ({err})") from None
 
 
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
+                 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
 @lru_cache(maxsize=8)
 def _gguf_header_cached(path: str, size: int, mtime: int) -> GGUFHeader:
-    from gguf import GGUFReader, GGUFValueType
+    """Metadata, tensor infos and the tokenizer digest of a GGUF file, read straight from its
+    header (the gguf package's reader builds an array view per vocabulary entry: seconds per file).
+    A file too short for the tensor data its header declares is refused as truncated."""
+    import mmap
+    import struct
+
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     try:
-        reader = GGUFReader(path)
-    except Exception as err:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            pos = 0
+
+            def take(fmt):
+                nonlocal pos
+                value = struct.unpack_from(fmt, mm, pos)[0]
+                pos += struct.calcsize(fmt)
+                return value
+
+            def string():
+                nonlocal pos
+                n = take("<Q")
+                pos += n
+                return mm[pos - n:pos].decode("utf-8", errors="replace")
+
+            def value(kind):
+                nonlocal pos
+                if kind in _GGUF_SCALARS:
+                    return take(_GGUF_SCALARS[kind])
+                if kind == _GGUF_STRING:
+                    return string()
+                if kind != _GGUF_ARRAY:
+                    raise ValueError(f"unknown metadata value type {kind}")
+                item, count = take("<I"), take("<Q")
+                if item in _GGUF_SCALARS:
+                    pos += struct.calcsize(_GGUF_SCALARS[item]) * count
+                else:
+                    for _ in range(count):
+                        value(item)
+                return None   # arrays are not kept (the tokenizer's are digested below)
+
+            if mm[:4] != b"GGUF":
+                raise ValueError("no GGUF magic number")
+            pos = 4
+            version, n_tensors, n_kv = take("<I"), take("<Q"), take("<Q")
+            if not 2 <= version <= 3:
+                raise ValueError(f"GGUF version {version} (expected 2 or 3)")
+            metadata, digest = {}, hashlib.sha256()
+            for _ in range(n_kv):
+                start = pos
+                key = string()
+                metadata[key] = value(take("<I"))
+                if key.startswith("tokenizer."):
+                    digest.update(mm[start:pos])
+            infos = []
+            for _ in range(n_tensors):
+                name = string()
+                dims = [take("<Q") for _ in range(take("<I"))]
+                infos.append((name, dims, GGMLQuantizationType(take("<I")), take("<Q")))
+            alignment = int(metadata.get("general.alignment") or 32)
+            data_start = -(-pos // alignment) * alignment
+            end = 0
+            for _, dims, qtype, offset in infos:
+                block, type_size = GGML_QUANT_SIZES[qtype]
+                end = max(end, offset + math.prod(dims) // block * type_size)
+            if data_start + end > size:
+                raise ValueError(f"truncated: the header declares {data_start + end} bytes of tensors, "
+                                 f"the file has {size}")
+    except (OSError, ValueError, struct.error, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: not a readable GGUF file ({type(err).__name__}: {err})") from None
-    metadata, digest = {}, hashlib.sha256()
-    for key, f in reader.fields.items():
-        if key.startswith("tokenizer."):
-            digest.update(key.encode())
-            for i in f.data:
-                digest.update(f.parts[i].tobytes())
-        if len(f.data) == 1 and f.types and f.types[0] != GGUFValueType.ARRAY:
-            value = f.parts[f.data[0]]
-            metadata[key] = bytes(value).decode("utf-8") if f.types[0] == GGUFValueType.STRING else value.tolist()[0]
-    tensors = {t.name: (tuple(int(n) for n in reversed(t.shape.tolist())), t.tensor_type.name)
-               for t in reader.tensors}
-    return GGUFHeader(metadata, tensors, digest.hexdigest()[:16])
+    tensors = {name: (tuple(reversed(dims)), qtype.name) for name, dims, qtype, _ in infos}
+    return GGUFHeader({k: v for k, v in metadata.items() if v is not None}, tensors, digest.hexdigest()[:16])
 
 
 def _safetensors_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -393,12 +460,22 @@ def check_tensors(expected: dict[str, tuple], found: dict[str, tuple], model, wh
     raise CheckpointError(f"{where}: the weights do not match the config: " + "; ".join(problems))
 
 
-def _gguf_expected_names(model, config) -> dict[str, str]:
-    """GGUF tensor name -> transformers parameter name, by transformers' own GGUF mapping."""
-    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
+def _gguf_expected_names(model, architecture: str, num_layers: int) -> dict[str, str]:
+    """GGUF tensor name -> the model's parameter name, by gguf's own tensor-name map (the one
+    transformers' GGUF loader uses), built once for the file's architecture and block count."""
+    from gguf import MODEL_ARCH_NAMES, get_tensor_name_map
 
-    processor = TENSOR_PROCESSORS.get(config.model_type, TensorProcessor)(config=config.to_dict())
-    return get_gguf_hf_weights_map(model, processor)
+    arch = next((a for a, n in MODEL_ARCH_NAMES.items() if n == architecture), None)
+    if arch is None:
+        raise CheckpointError(f"GGUF architecture {architecture!r} is unknown to the gguf package")
+    name_map = get_tensor_name_map(arch, num_layers)
+    out = {}
+    for hf_name in model.state_dict():
+        base, _, suffix = hf_name.rpartition(".")
+        gguf_name = name_map.get_name(base)
+        if gguf_name is not None:
+            out[f"{gguf_name}.{suffix}"] = hf_name
+    return out
 
 
 # --------------------------------------------------------------------------- inspect
@@ -415,7 +492,8 @@ def inspect_checkpoint(path, attention: str | None = None) -> CheckpointInfo:
     gguf_types = None
     if src.format == "gguf":
         header = _gguf_header(src.file)
-        mapping = _gguf_expected_names(model, config)
+        mapping = _gguf_expected_names(model, header.metadata.get("general.architecture", ""),
+                                       text.num_hidden_layers)
         found = {mapping.get(n, n): shape for n, (shape, _) in header.tensors.items()}
         check_tensors(expected, found, model, str(src.file), text.num_hidden_layers)
         gguf_types = dict(Counter(t for _, t in header.tensors.values()).most_common())

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..attention import kinds
+from ..errors import QBenchError
 from ..attention.reference import repeat_kv, scaled_scores
 from ..files import file_sha256
 from ..model.modeling import QBenchModel
@@ -52,6 +53,10 @@ LINEAR_GROUPS = {"attn_in": ("q_proj", "k_proj", "v_proj"), "o_proj": ("o_proj",
                  "mlp_in": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)}
 
 
+class DiagnosticsError(QBenchError, ValueError):
+    """Bad diagnostics input (sample sizes, text, lengths past a model's positions, an output path)."""
+
+
 # --------------------------------------------------------------------------- the sample
 def read_documents(text) -> tuple[list[str], str]:
     """(documents, description). `text` is a held-out file (documents separated by a line holding
@@ -64,7 +69,7 @@ def read_documents(text) -> tuple[list[str], str]:
 
     path = Path(text)
     if not path.is_file():
-        raise FileNotFoundError(f"held-out text not found: {path}")
+        raise DiagnosticsError(f"held-out text not found: {path}")
     digest = file_sha256(path)
     docs = read_heldout(path)
     return docs, f"{path} (sha256 {digest[:16]}, {len(docs)} documents)"
@@ -73,7 +78,7 @@ def read_documents(text) -> tuple[list[str], str]:
 def sample_windows(tokenizer, documents: list[str], samples: int, seq_len: int, seed: int):
     """(input_ids [samples, seq_len] int64, start document indices). See the module docstring."""
     if samples > len(documents):
-        raise ValueError(f"the held-out text has {len(documents)} documents; windows start at distinct "
+        raise DiagnosticsError(f"the held-out text has {len(documents)} documents; windows start at distinct "
                          f"documents, so ask for at most that many samples (got {samples})")
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     cache: dict[int, list[int]] = {}
@@ -90,7 +95,7 @@ def sample_windows(tokenizer, documents: list[str], samples: int, seq_len: int, 
         ids, j = [], s
         while len(ids) < seq_len:
             if j - s >= len(documents):
-                raise ValueError(f"the held-out text has fewer than {seq_len} tokens in all")
+                raise DiagnosticsError(f"the held-out text has fewer than {seq_len} tokens in all")
             ids += tokens(j % len(documents))
             j += 1
         windows.append(ids[:seq_len])

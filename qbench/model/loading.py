@@ -23,6 +23,7 @@ transformers actually loaded.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -580,16 +581,21 @@ def load_model(path, attention: str | None = None, device="cpu", dtype=torch.flo
 
     from .hf_attention import NAME
 
-    info = inspect_checkpoint(path, attention)
-    src = info.source
-    where = src.file if src.gguf_file else src.folder
-    extra = {} if src.format == "qbench" else {"attn_implementation": NAME}
-    try:
-        model, loading = AutoModelForCausalLM.from_pretrained(
-            src.folder, config=info.config, gguf_file=src.gguf_file, dtype=dtype, local_files_only=True,
-            output_loading_info=True, **extra)
-    except Exception as err:
-        raise CheckpointError(f"{where}: weights could not be loaded: {type(err).__name__}: {err}") from None
+    with _gguf_parsed_once():
+        info = inspect_checkpoint(path, attention)
+        src = info.source
+        where = src.file if src.gguf_file else src.folder
+        extra = {} if src.format == "qbench" else {"attn_implementation": NAME}
+        try:
+            model, loading = AutoModelForCausalLM.from_pretrained(
+                src.folder, config=info.config, gguf_file=src.gguf_file, dtype=dtype, local_files_only=True,
+                output_loading_info=True, **extra)
+        except Exception as err:
+            raise CheckpointError(f"{where}: weights could not be loaded: {type(err).__name__}: {err}") from None
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(src.folder, gguf_file=src.gguf_file, local_files_only=True)
+        except Exception as err:
+            raise CheckpointError(f"{where}: tokenizer could not be loaded: {type(err).__name__}: {err}") from None
     tied, _, _ = _optional_keys(model)
     bad = {k: sorted(set(v) - tied) for k, v in loading.items() if k != "error_msgs" and set(v) - tied}
     if bad or loading.get("error_msgs"):
@@ -599,16 +605,41 @@ def load_model(path, attention: str | None = None, device="cpu", dtype=torch.flo
     if info.attention != info.own_attention:
         setattr(model.config, CONFIG_ATTENTION_FIELD, info.attention)
     model = model.to(device).eval()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(src.folder, gguf_file=src.gguf_file, local_files_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{where}: tokenizer could not be loaded: {type(err).__name__}: {err}") from None
     if src.format != "qbench":
         check_routing(model, str(where))
     return Checkpoint(info.attention, str(path), model, tokenizer, checkpoint_hash(path, attention), src.format, info)
 
 
 load_checkpoint = load_model   # the pair API's name
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """Inside the block, transformers' GGUF loading (config, weights, tokenizer) parses each GGUF file
+    once instead of once per step, and builds gguf's tensor-name map once per architecture instead
+    of once per submodule: both are pure functions of their arguments (seconds each on SmolLM2;
+    they made most of its load time). transformers imports both from `gguf` at call time."""
+    import gguf
+
+    reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers, maps = {}, {}
+
+    def reader(path, *args, **kwargs):
+        key = (str(Path(path).resolve()), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = reader_class(path, *args, **kwargs)
+        return readers[key]
+
+    def tensor_name_map(arch, n_blocks):
+        if (arch, n_blocks) not in maps:
+            maps[(arch, n_blocks)] = name_map(arch, n_blocks)
+        return maps[(arch, n_blocks)]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, tensor_name_map
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader_class, name_map
 
 
 def check_routing(model, where: str = "model") -> None:

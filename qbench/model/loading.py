@@ -183,6 +183,8 @@ def _load_config(src: Source):
     if src.format == "qbench":
         return read_config(src.folder)
     where = src.file if src.gguf_file else src.folder / "config.json"
+    if src.gguf_file:
+        _gguf_header(src.file)   # refuses a truncated or damaged file in our words, before transformers reads it
     config = copy.deepcopy(_hf_config(str(src.folder), src.gguf_file, *_file_key(where)))
     text = config.get_text_config()
     if getattr(text, "attn_logit_softcapping", None) is not None:

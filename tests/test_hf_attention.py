@@ -170,3 +170,31 @@ def test_attention_quantizer_hook_acts_in_transformers_models(hf_folders):
     with torch.no_grad():
         quantized = ckpt.model(x, attention_mask=mask).logits
     assert not torch.allclose(plain, quantized)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_softpick_kernel_inside_transformers_on_cuda(tmp_path, tokenizer, monkeypatch):
+    """On CUDA softpick runs the Triton kernel inside transformers' Llama (forward and backward,
+    right padding), and agrees with the torch reference (QBENCH_SOFTPICK_KERNEL=0)."""
+    config = LlamaConfig(**{**SMALL, "hidden_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2})
+    folder = save_hf(tmp_path / "llama", config, tokenizer, qbench_attention="softpick")
+    ckpt = load_model(folder, device="cuda")
+    x, mask = (t.cuda() for t in batch())
+    mask[2] = 1                                  # the kernel takes right padding only
+    keep = mask.bool()
+
+    def run():
+        ckpt.model.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16), backend_log() as ran:
+            logits = ckpt.model(x, attention_mask=mask).logits.float()
+        logits[keep].logsumexp(-1).sum().backward()
+        return logits.detach(), ckpt.model.model.layers[0].self_attn.q_proj.weight.grad.clone(), ran
+
+    kernel, g_kernel, ran = run()
+    assert ran == {"softpick:triton"}
+    monkeypatch.setenv("QBENCH_SOFTPICK_KERNEL", "0")
+    reference, g_reference, ran = run()
+    assert ran == {"softpick:reference"}
+    assert (kernel[keep] - reference[keep]).abs().max() < 5e-2
+    assert torch.allclose(g_kernel, g_reference, atol=5e-2, rtol=5e-2)

@@ -35,6 +35,10 @@ def test_smollm2_inspect(smollm2):
     assert info.gguf_types == {"Q4_1": 210, "F32": 61, "Q8_0": 1}
     assert info.max_positions == 8192 and info.num_layers == 30 and len(info.linear_layers) == 211
     assert smollm2.content_hash == "b179c9523d0e6a0f"   # the GGUF's bytes
+    # the special tokens the GGUF names (transformers' conversion alone says eos <|im_start|>)
+    tok = smollm2.tokenizer
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
+    assert tok.eos_token_id == smollm2.model.config.eos_token_id == 2
 
 
 def test_logits_equal_stock_transformers_llama(smollm2, text_batch):

@@ -19,15 +19,21 @@ _BACKEND_LOGS: list[set] = []
 
 
 @contextlib.contextmanager
-def backend_log():
-    """Collects the attention paths that run inside the block (e.g. "softpick:triton",
-    "softmax:sdpa", "softpick:reference", "softmax:maps"): a cell records them."""
+def collecting(collectors: list):
+    """A fresh set appended to `collectors` for the duration of the block (what code inside the
+    block adds to every set of `collectors` ends up in it)."""
     seen: set = set()
-    _BACKEND_LOGS.append(seen)
+    collectors.append(seen)
     try:
         yield seen
     finally:
-        _BACKEND_LOGS.remove(seen)
+        collectors.remove(seen)
+
+
+def backend_log():
+    """Collects the attention paths that run inside the block (e.g. "softpick:triton",
+    "softmax:sdpa", "softpick:reference", "softmax:maps"): a cell records them."""
+    return collecting(_BACKEND_LOGS)
 
 
 def _ran(path: str) -> None:

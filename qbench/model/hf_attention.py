@@ -16,11 +16,9 @@ quantizers set `module.attn_quant`, diagnostics `module.attn_observer` (see atte
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-from ..attention import AttentionError, attend
+from ..attention import AttentionError, attend, collecting
 
 NAME = "qbench"
 _CALLS: list[set] = []
@@ -48,15 +46,9 @@ def qbench_attention_forward(module, query, key, value, attention_mask, scaling=
     return out.transpose(1, 2).contiguous(), weights
 
 
-@contextlib.contextmanager
 def recording_calls():
     """The ids of the modules whose forward called the qbench attention function inside the block."""
-    calls: set = set()
-    _CALLS.append(calls)
-    try:
-        yield calls
-    finally:
-        _CALLS.remove(calls)
+    return collecting(_CALLS)
 
 
 def register() -> None:

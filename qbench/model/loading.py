@@ -607,6 +607,8 @@ def load_model(path, attention: str | None = None, device="cpu", dtype=torch.flo
     if info.attention != info.own_attention:
         setattr(model.config, CONFIG_ATTENTION_FIELD, info.attention)
     model = model.to(device).eval()
+    if src.format == "gguf":
+        _gguf_special_tokens(tokenizer, _gguf_header(src.file).metadata)
     if src.format != "qbench":
         check_routing(model, str(where))
     return Checkpoint(info.attention, str(path), model, tokenizer, checkpoint_hash(path, attention), src.format, info)
@@ -642,6 +644,20 @@ def _gguf_parsed_once():
         yield
     finally:
         gguf.GGUFReader, gguf.get_tensor_name_map = reader_class, name_map
+
+
+GGUF_SPECIAL_TOKENS = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id",
+                       "pad": "padding_token_id"}
+
+
+def _gguf_special_tokens(tokenizer, metadata: dict) -> None:
+    """The special tokens the GGUF names (tokenizer.ggml.*_token_id): transformers' conversion of
+    SmolLM2's tokenizer gives eos <|im_start|> (id 1) where the file says 2 (<|im_end|>)."""
+    for name, key in GGUF_SPECIAL_TOKENS.items():
+        token_id = metadata.get(f"tokenizer.ggml.{key}")
+        if isinstance(token_id, int) and 0 <= token_id < len(tokenizer) and \
+                getattr(tokenizer, f"{name}_token_id") != token_id:
+            setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(token_id))
 
 
 def check_routing(model, where: str = "model") -> None:

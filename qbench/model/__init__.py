@@ -7,7 +7,7 @@ from . import hf_attention
 from .config import QBenchConfig
 from .hf_attention import attention_modules
 from .loading import (FORMATS, Checkpoint, CheckpointError, CheckpointInfo, checkpoint_hash, inspect_checkpoint,
-                      load_checkpoint, load_model, read_config, resolve, resolve_source)
+                      load_checkpoint, load_model, read_config, resolve_source)
 from .modeling import QBenchForCausalLM, QBenchModel
 from .pair import Pair, PairError, arm_differences, check_arms, check_pair, load_pair
 
@@ -36,4 +36,4 @@ def save_checkpoint(model, tokenizer, folder, dtype=None) -> None:
 __all__ = ["FORMATS", "QBenchConfig", "QBenchModel", "QBenchForCausalLM", "Checkpoint", "CheckpointError",
            "CheckpointInfo", "Pair", "PairError", "arm_differences", "attention_modules", "check_arms",
            "check_pair", "checkpoint_hash", "inspect_checkpoint", "load_checkpoint", "load_model", "load_pair",
-           "new_model", "read_config", "resolve", "resolve_source", "save_checkpoint"]
+           "new_model", "read_config", "resolve_source", "save_checkpoint"]

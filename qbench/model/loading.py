@@ -145,11 +145,6 @@ def _download(repo_id: str) -> str:
                               f"can only use local checkpoints): {type(err).__name__}: {err}") from None
 
 
-def resolve(path) -> Path:
-    """The local folder of a checkpoint (the pair API's name)."""
-    return resolve_source(path).folder
-
-
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
@@ -382,11 +377,6 @@ def weight_files(folder: Path) -> list[Path]:
                 raise CheckpointError(f"{folder / index}: shard files missing: {', '.join(missing)}")
             return [folder / index] + [folder / s for s in shards]
     raise CheckpointError(f"{folder}: no weights ({' or '.join(WEIGHT_FILES)})")
-
-
-def weight_file(folder: Path) -> Path:
-    """The first weight file (the index of a sharded checkpoint)."""
-    return weight_files(folder)[0]
 
 
 def _file_tensors(folder: Path) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -72,7 +72,10 @@ def read_documents(text) -> tuple[list[str], str]:
         raise DiagnosticsError(f"held-out text not found: {path}")
     digest = file_sha256(path)
     docs = read_heldout(path)
-    return docs, f"{path} (sha256 {digest[:16]}, {len(docs)} documents)"
+    from ..paths import REPO_ROOT
+
+    shown = path.resolve().relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else path
+    return docs, f"{shown} (sha256 {digest[:16]}, {len(docs)} documents)"
 
 
 def sample_windows(tokenizer, documents: list[str], samples: int, seq_len: int, seed: int):

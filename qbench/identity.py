@@ -41,10 +41,11 @@ class Area:
 
 # Areas every cell runs through.
 COMMON = {
-    "model": Area("2", ("model/modeling.py", "model/config.py", "model/pair.py"),
-                  "model definition and checkpoint loading (dtype, weights)"),
-    "attention": Area("2", ("attention/__init__.py", "attention/reference.py", "attention/triton_softpick.py"),
-                      "attention dispatch, reference normalisers and the softpick kernel"),
+    "model": Area("3", ("model/modeling.py", "model/config.py", "model/loading.py", "model/hf_attention.py"),
+                  "models (ours; transformers' classes with attention routed to qbench) and their loading"),
+    "attention": Area("3", ("attention/__init__.py", "attention/kinds.py", "attention/reference.py",
+                            "attention/triton_softpick.py"),
+                      "attention dispatch, the registry of kinds, reference normalisers and the softpick kernel"),
     "scorer": Area("2", ("eval/adapter.py", "eval/runner.py", "eval/metrics.py"),
                    "lm-eval integration and the fast scorer"),
     "cell": Area("1", ("sweep/compute.py",), "one cell's computation: copy, quantize, evaluate"),
@@ -67,6 +68,9 @@ AREAS = {**COMMON, **QUANT}
 NUMERICAL_FOLDERS = ("model", "attention", "eval", "quant")
 NOT_NUMERICAL = {
     "model/__init__.py": "re-exports and Auto-class registration",
+    "model/pair.py": "checks that arms fit together (no numbers)",
+    "model/commands.py": "qbench info / qbench data models",
+    "model/real.py": "fetches real models by name (their content hash is in the key)",
     "quant/__init__.py": "re-exports",
     "quant/recipe.py": "parses recipes; the resolved recipe itself is in the key",
     "eval/__init__.py": "lazy re-exports",
@@ -74,7 +78,6 @@ NOT_NUMERICAL = {
     "eval/tasks.py": "task-set names (in the key) and the task data fingerprint (in the key)",
     "eval/data.py": "prepares task data (its output is fingerprinted into the key)",
     "eval/bench.py": "benchmarks",
-    "model/inspect.py": "INTEGRATION placeholder (paper-format inspection), replaced by the models branch",
 }
 
 

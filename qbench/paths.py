@@ -7,6 +7,7 @@ DATA_DIR = Path(os.environ.get("QBENCH_DATA", REPO_ROOT / "data"))
 CORPUS_DIR = DATA_DIR / "corpus"          # built by `qbench data corpus`
 TASKS_DIR = DATA_DIR / "tasks"            # built by `qbench data prepare`
 DOWNLOADS_DIR = DATA_DIR / "downloads"    # packages fetched by name (pip download / apt-get download)
+MODELS_DIR = DATA_DIR / "models"          # real models assembled by `qbench data models`
 
 # The bundled default pair (trained on an H200, committed): see checkpoints/tiny/README.md
 BUNDLED_DIR = REPO_ROOT / "checkpoints" / "tiny"

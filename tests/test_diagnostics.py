@@ -4,11 +4,13 @@ import gzip
 import json
 import math
 import random
+import sys
 
 import pytest
 import torch
 
 from qbench.diagnostics.commands import register
+from qbench.errors import QBenchError
 from qbench.diagnostics import (Moments, activation_extremes, attention_sparsity, diagnose_pair, kurtosis,
                                 read_quant_errors, sink_rate)
 from qbench.diagnostics.collect import chunked_attention_stats, collect, sample_windows
@@ -27,7 +29,8 @@ def main(argv):
     args = parser.parse_args(["diagnose", *argv])
     try:
         return args.func(args)
-    except FileNotFoundError:  # as qbench.cli.main does
+    except QBenchError as err:  # as qbench.cli.main does
+        print(f"qbench diagnose: error: {err}", file=sys.stderr)
         return 2
 
 
@@ -89,7 +92,7 @@ def test_sink_rate_and_sparsity_on_hand_built_maps():
 
 def test_chunked_stats_equal_full_maps_stats():
     torch.manual_seed(0)
-    from qbench.attention.reference import attention_weights, repeat_kv
+    from qbench.attention import attention_weights, repeat_kv
     from qbench.diagnostics.collect import maps_attention_stats
 
     q, k = torch.randn(2, 4, 37, 16) * 2, torch.randn(2, 2, 37, 16) * 2
@@ -130,7 +133,7 @@ def test_windows_start_at_documents_with_bos(tokenizer):
     assert torch.equal(ids, again)
     other, _ = sample_windows(tokenizer, docs, 8, 48, seed=4)
     assert not torch.equal(ids, other)
-    with pytest.raises(ValueError, match="at most"):
+    with pytest.raises(ValueError, match="at most"):   # DiagnosticsError is a ValueError
         sample_windows(tokenizer, docs[:4], 8, 48, seed=3)
 
 
@@ -218,3 +221,57 @@ def test_diagnose_from_sweep_file_and_bad_input(tiny_pair, tmp_path, capsys):
                  "--out", str(tmp_path / "x")]) == 2
     assert "multiple" in capsys.readouterr().err
     assert main([*map(str, tiny_pair), "--text", str(tmp_path / "missing.gz"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_diagnose_refuses_before_any_work(tiny_pair, tmp_path, capsys, monkeypatch):
+    import qbench.model
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(qbench.model, "load_model", no_loading)
+    text = write_heldout(tmp_path / "heldout.txt", make_docs(10))
+    base = [*map(str, tiny_pair), "--text", str(text), "--samples", "4", "--subsamples", "2"]
+    assert main(base + ["--seq-len", "300", "--out", str(tmp_path / "o")]) == 2
+    assert "--seq-len 300 is past the 256 positions of softmax" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("x")
+    assert main(base + ["--seq-len", "16", "--out", str(tmp_path / "a-file")]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert main(base + ["--seq-len", "16", "--attention", "softpick,softmax,softmax"]) == 2
+    assert "one per checkpoint (2)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_diagnose_any_number_of_arms_with_forced_kinds(tiny_pair, tmp_path):
+    """Three arms from one checkpoint (its own softmax, forced softpick, forced softmax1): the
+    forced softpick arm gives exactly the numbers of the softpick checkpoint (same weights)."""
+    text = write_heldout(tmp_path / "heldout.txt", make_docs(12))
+    common = ["--text", str(text), "--samples", "4", "--seq-len", "24", "--subsamples", "2"]
+    softmax = str(tiny_pair[0])
+    assert main([softmax, softmax, softmax, "--attention", "own,softpick,softmax1", *common,
+                 "--out", str(tmp_path / "arms")]) == 0
+    arms = json.loads((tmp_path / "arms" / "diagnostics.json").read_text())
+    assert list(arms["models"]) == ["softmax", "softmax (softpick)", "softmax (softmax1)"]
+    assert [m["attention"] for m in arms["models"].values()] == ["softmax", "softpick", "softmax1"]
+    assert main([str(tiny_pair[1]), *common, "--out", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "diagnostics.json").read_text())
+    assert arms["models"]["softmax (softpick)"]["summary"] == one["models"]["softpick"]["summary"]
+    md = (tmp_path / "arms" / "diagnostics.md").read_text()
+    assert "| softmax (softmax1) |" in md and "## Per layer (softmax / softmax (softpick) / softmax (softmax1))" in md
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_chunked_path_equals_maps_path_on_transformers_models(tmp_path, tokenizer, arch):
+    """transformers' own models (Gemma3 with a sliding window shorter than the windows)."""
+    from test_hf_attention import CONFIGS, save_hf
+
+    from qbench.model import load_model
+
+    ckpt = load_model(save_hf(tmp_path / arch, CONFIGS[arch](), tokenizer), attention="softpick")
+    ids, _ = sample_windows(tokenizer, make_docs(), 4, 20, seed=0)
+    maps, _ = collect(ckpt.model, ids, attention="maps", batch_size=2)
+    chunked, _ = collect(ckpt.model, ids, attention="chunked", chunk=6, batch_size=2)
+    assert abs(maps.first - chunked.first).max() < 1e-6
+    assert (maps.zeros == chunked.zeros).all() and maps.zeros.sum() > 0
+    assert maps.linear_names == chunked.linear_names and maps.linear_names[0] == "model.layers.0.self_attn.q_proj"
+    assert abs(maps.hidden - chunked.hidden).max() < 1e-3

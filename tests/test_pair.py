@@ -46,8 +46,8 @@ def test_missing_folder_and_bad_files(tmp_path, tiny_pair):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_pair[1], broken)
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(PairError, match="weights could not be loaded"):
-        load_pair(tiny_pair[0], broken)
+    with pytest.raises(PairError, match="model.safetensors: not a valid safetensors file"):
+        check_pair(tiny_pair[0], broken)   # refused from the header, before any loading
     (broken / "model.safetensors").unlink()
     with pytest.raises(PairError, match="no weights"):
         check_pair(tiny_pair[0], broken)

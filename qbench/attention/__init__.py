@@ -1,4 +1,5 @@
-"""The one attention dispatch used by the model: softmax or softpick, reference or kernel.
+"""The one attention dispatch used by every model qbench loads: any registered kind (kinds.py),
+reference or fast path.
 
 `attend(..., quant=...)` is where attention-side quantizers act: `quant` is None or an object
 with optional callables `k`, `v` (on [B, Hkv, T, D]; K after RoPE, i.e. what a KV cache holds),
@@ -6,40 +7,33 @@ with optional callables `k`, `v` (on [B, Hkv, T, D]; K after RoPE, i.e. what a K
 the materialized maps path runs, never a fused kernel). `backend_log()` records which paths ran.
 """
 import contextlib
-import os
 
 import torch
-import torch.nn.functional as F
 
-from .reference import attention_weights, causal_valid_mask, repeat_kv, softpick, softpick_reference
-
-KINDS = ("softmax", "softpick")
-
-
-def right_padded_lengths(key_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """Per-row lengths if `key_mask` [B, T] is right padding (1...1 0...0), else None."""
-    if key_mask is None:
-        return None
-    lengths = key_mask.sum(dim=1)
-    positions = torch.arange(key_mask.shape[1], device=key_mask.device)
-    if torch.equal(key_mask.bool(), positions[None, :] < lengths[:, None]):
-        return lengths.to(torch.int32)
-    return None
-
+from .kinds import (KINDS, AttentionError, AttentionKind, attention_weights, get, names, plain_tensor,
+                    right_padded_lengths)
+from .reference import (causal_valid_mask, reference_weights, repeat_kv, softpick, softpick_reference,
+                        visible_mask)
 
 _BACKEND_LOGS: list[set] = []
 
 
 @contextlib.contextmanager
-def backend_log():
-    """Collects the attention paths that run inside the block (e.g. "softpick:triton",
-    "softmax:sdpa", "softpick:reference", "softmax:maps"): a cell records them."""
+def collecting(collectors: list):
+    """A fresh set appended to `collectors` for the duration of the block (what code inside the
+    block adds to every set of `collectors` ends up in it)."""
     seen: set = set()
-    _BACKEND_LOGS.append(seen)
+    collectors.append(seen)
     try:
         yield seen
     finally:
-        _BACKEND_LOGS.remove(seen)
+        collectors.remove(seen)
+
+
+def backend_log():
+    """Collects the attention paths that run inside the block (e.g. "softpick:triton",
+    "softmax:sdpa", "softpick:reference", "softmax:maps"): a cell records them."""
+    return collecting(_BACKEND_LOGS)
 
 
 def _ran(path: str) -> None:
@@ -47,15 +41,38 @@ def _ran(path: str) -> None:
         seen.add(path)
 
 
-def attend(q, k, v, kind: str, key_mask=None, need_weights: bool = False, quant=None):
-    """Causal attention. q [B, H, T, D]; k, v [B, Hkv, T, D]; key_mask [B, T] (1 = token, 0 = pad).
+def _as_key_mask(mask: torch.Tensor, tq: int, tk: int):
+    """(key_mask, None) when a 4D visibility mask is the causal one with key padding, else (None, mask)."""
+    if mask.dtype != torch.bool:      # an additive float mask: 0 where visible
+        mask = mask == 0
+    if mask.dim() != 4:
+        raise AttentionError(f"attention mask must be [B, 1, Tq, Tk], got shape {tuple(mask.shape)}")
+    mask = mask[..., :tk]
+    if mask.shape[1] == 1 and tq == tk:
+        key_mask = mask[:, 0, -1, :]
+        if torch.equal(mask, visible_mask(tq, tk, key_mask, mask.device).expand_as(mask)):
+            return key_mask, None
+    return None, mask
 
-    Returns (output [B, H, T, D], weights [B, H, T, T] float32 or None). On CUDA, softpick
-    runs the Triton kernel unless weights are asked for, the padding is not right-padding or
-    `quant` needs the maps (see the module docstring).
+
+def attend(q, k, v, kind: str, key_mask=None, need_weights: bool = False, quant=None, *,
+           mask=None, scale: float | None = None, observe=None):
+    """Causal attention of `kind` (a name in qbench.attention.kinds.KINDS).
+
+    q [B, H, Tq, D]; k, v [B, Hkv, Tk, D] (GQA); key_mask [B, Tk] (1 = token, 0 = pad), or instead
+    `mask` bool [B|1, 1, Tq, Tk] (True = visible; e.g. transformers' mask with sliding windows or
+    a KV cache; reduced to key_mask when it is the plain causal one). scale: multiplies q.k
+    (default: divides by sqrt(D)). observe: optional callable(q, k, kind, scale, key_mask, mask)
+    given q and k (after RoPE and `quant`) before attention runs (diagnostics).
+
+    Returns (output [B, H, Tq, D], weights [B, H, Tq, Tk] float32 or None). The kind's fast path
+    (SDPA, the Triton kernel on CUDA) runs unless weights are asked for or `quant` needs the maps.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown attention kind {kind!r}; expected one of {KINDS}")
+    spec = get(kind)
+    if mask is not None:
+        if key_mask is not None:
+            raise AttentionError("attend: give key_mask or mask, not both")
+        key_mask, mask = _as_key_mask(mask, q.shape[-2], k.shape[-2])
     if key_mask is not None and bool(key_mask.all()):
         key_mask = None
     if torch.is_autocast_enabled(q.device.type):  # RoPE leaves q, k in fp32 next to a 16-bit v
@@ -64,43 +81,21 @@ def attend(q, k, v, kind: str, key_mask=None, need_weights: bool = False, quant=
     if quant is not None:
         k = quant.k(k) if getattr(quant, "k", None) else k
         v = quant.v(v) if getattr(quant, "v", None) else v
-    if need_weights or (quant is not None and getattr(quant, "needs_maps", False)):
-        _ran(f"{kind}:maps")
-        k_full, v_full = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
-        weights = attention_weights(q, k_full, kind, key_mask, quant)
-        out = (weights @ v_full.float()).to(q.dtype)
-        return out, (weights if need_weights else None)
-    if kind == "softmax":
-        _ran("softmax:sdpa")
-        return _sdpa_softmax(q, k, v, key_mask), None
-    if q.is_cuda and os.environ.get("QBENCH_SOFTPICK_KERNEL", "1") != "0":  # 0: force the torch reference
-        from . import triton_softpick
-
-        lengths = right_padded_lengths(key_mask)
-        if triton_softpick.is_available() and (key_mask is None or lengths is not None):
-            q, k, v = (plain_tensor(t) for t in (q, k, v))
-            _ran("softpick:triton:" + triton_softpick.backend_label(q, k, v))
-            return triton_softpick.softpick_attention(q, k, v, seq_lens=lengths), None
-    _ran("softpick:reference")
-    return softpick_reference(q, k, v, key_mask), None
+    if observe is not None:
+        observe(q, k, kind, scale, key_mask, mask)
+    maps = need_weights or (quant is not None and getattr(quant, "needs_maps", False))
+    if not maps and spec.fast is not None:
+        fast = spec.fast(q, k, v, key_mask, mask, scale)
+        if fast is not None:
+            _ran(f"{kind}:{fast[1]}")
+            return fast[0], None
+    _ran(f"{kind}:{'maps' if maps else 'reference'}")
+    valid = mask if mask is not None else visible_mask(q.shape[-2], k.shape[-2], key_mask, q.device)
+    weights = reference_weights(q, repeat_kv(k, q.shape[1]), spec.normalise, valid, scale, quant)
+    out = (weights @ repeat_kv(v, q.shape[1]).float()).to(q.dtype)
+    return out, (weights if need_weights else None)
 
 
-def plain_tensor(t: torch.Tensor) -> torch.Tensor:
-    """A kernel reads raw memory, so a tensor subclass must become a plain tensor first: quanto's
-    activation quantizers hand over quantized tensors (ActivationQBytesTensor), whose raw
-    memory is int8 data, not values (an illegal memory access in the kernel, seen on an H200)."""
-    if type(t) is torch.Tensor:
-        return t
-    return t.dequantize() if hasattr(t, "dequantize") else t.as_subclass(torch.Tensor)
-
-
-def _sdpa_softmax(q, k, v, key_mask):
-    k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
-    if key_mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    t = q.shape[-2]
-    valid = causal_valid_mask(t, key_mask, q.device) | torch.eye(t, dtype=torch.bool, device=q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=valid)
-
-
-__all__ = ["KINDS", "attend", "backend_log", "softpick", "softpick_reference", "attention_weights", "repeat_kv", "right_padded_lengths"]
+__all__ = ["KINDS", "AttentionError", "AttentionKind", "attend", "attention_weights", "backend_log",
+           "causal_valid_mask", "get", "names", "plain_tensor", "repeat_kv", "right_padded_lengths",
+           "softpick", "softpick_reference", "visible_mask"]

@@ -16,9 +16,11 @@ Hidden states = the output of every transformer block (the residual stream after
 
 Attention statistics come from one of two paths with the same definitions:
 - "maps": the model's own reference path (`output_attentions=True`, full [B, H, T, T] maps);
-- "chunked": q and k are recomputed from each attention module's input, and the maps are
-  formed `chunk` query rows at a time and reduced at once: never T x T in memory, and the model
+- "chunked": q and k (after RoPE, as attend receives them: every model qbench loads routes its
+  attention through qbench.attention.attend, whose `observe` hook hands them over) give the
+  maps `chunk` query rows at a time, reduced at once: never T x T in memory, and the model
   itself keeps its fast attention (SDPA / the Triton kernel).
+Any attention kind of qbench.attention.kinds, with its reference arithmetic and the module's scale.
 "auto" takes "maps" while all layers' maps of a batch fit in MAPS_BUDGET bytes, else "chunked".
 """
 from __future__ import annotations
@@ -33,8 +35,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attention.reference import repeat_kv, softpick
+from ..attention import kinds
+from ..errors import QBenchError
+from ..attention.reference import repeat_kv, scaled_scores
 from ..files import file_sha256
+from ..model.modeling import QBenchModel
 from .metrics import Moments, attention_row_stats, causal_mask
 
 MAPS_BUDGET = 256 * 2 ** 20
@@ -42,9 +47,14 @@ WINDOW_RULE = ("each window starts with <s> at the beginning of a distinct docum
                "documents are encoded <s> text </s>; when its document is shorter than the window, the window "
                "continues into the documents that follow it in the file")
 HIDDEN_RULE = "output of every transformer block (residual stream, before the final norm); embeddings excluded"
-# linear layers of a block, grouped by the activation they read
-LINEAR_GROUPS = {"attn_in": ("attn.q_proj", "attn.k_proj", "attn.v_proj"), "o_proj": ("attn.o_proj",),
-                 "mlp_in": ("mlp.gate_proj", "mlp.up_proj"), "down_proj": ("mlp.down_proj",)}
+# linear layers of a block (by their own name, in qbench's and transformers' models), grouped by
+# the activation they read
+LINEAR_GROUPS = {"attn_in": ("q_proj", "k_proj", "v_proj"), "o_proj": ("o_proj",),
+                 "mlp_in": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)}
+
+
+class DiagnosticsError(QBenchError, ValueError):
+    """Bad diagnostics input (sample sizes, text, lengths past a model's positions, an output path)."""
 
 
 # --------------------------------------------------------------------------- the sample
@@ -59,16 +69,19 @@ def read_documents(text) -> tuple[list[str], str]:
 
     path = Path(text)
     if not path.is_file():
-        raise FileNotFoundError(f"held-out text not found: {path}")
+        raise DiagnosticsError(f"held-out text not found: {path}")
     digest = file_sha256(path)
     docs = read_heldout(path)
-    return docs, f"{path} (sha256 {digest[:16]}, {len(docs)} documents)"
+    from ..paths import REPO_ROOT
+
+    shown = path.resolve().relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else path
+    return docs, f"{shown} (sha256 {digest[:16]}, {len(docs)} documents)"
 
 
 def sample_windows(tokenizer, documents: list[str], samples: int, seq_len: int, seed: int):
     """(input_ids [samples, seq_len] int64, start document indices). See the module docstring."""
     if samples > len(documents):
-        raise ValueError(f"the held-out text has {len(documents)} documents; windows start at distinct "
+        raise DiagnosticsError(f"the held-out text has {len(documents)} documents; windows start at distinct "
                          f"documents, so ask for at most that many samples (got {samples})")
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     cache: dict[int, list[int]] = {}
@@ -85,7 +98,7 @@ def sample_windows(tokenizer, documents: list[str], samples: int, seq_len: int, 
         ids, j = [], s
         while len(ids) < seq_len:
             if j - s >= len(documents):
-                raise ValueError(f"the held-out text has fewer than {seq_len} tokens in all")
+                raise DiagnosticsError(f"the held-out text has fewer than {seq_len} tokens in all")
             ids += tokens(j % len(documents))
             j += 1
         windows.append(ids[:seq_len])
@@ -93,17 +106,18 @@ def sample_windows(tokenizer, documents: list[str], samples: int, seq_len: int, 
 
 
 # --------------------------------------------------------------------------- attention rows
-def attention_rows(q: torch.Tensor, k: torch.Tensor, kind: str, row_offset: int) -> torch.Tensor:
+def attention_rows(q: torch.Tensor, k: torch.Tensor, kind: str, row_offset: int, scale=None, mask=None) -> torch.Tensor:
     """Rows row_offset.. of causal attention maps, float32, from q rows [B, H, R, D] and keys
-    k [B, H, K, D] with K = row_offset + R (no padding); same arithmetic as the reference path."""
-    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    k [B, H, K, D] with K = row_offset + R (no padding); the reference arithmetic of `kind`.
+    mask: the rows' slice [B|1, 1, R, K] of a model's visibility mask (sliding windows), if any."""
     valid = causal_mask(q.shape[-2], k.shape[-2], row_offset, q.device)[None, None]
-    if kind == "softpick":
-        return softpick(scores, valid)
-    return torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=-1)
+    if mask is not None:
+        valid = valid & mask
+    return kinds.get(kind).normalise(scaled_scores(q, k, scale), valid)
 
 
-def chunked_attention_stats(q, k, kind: str, chunk: int = 256, include_first_query: bool = True):
+def chunked_attention_stats(q, k, kind: str, chunk: int = 256, include_first_query: bool = True, scale=None,
+                            mask=None):
     """(first-token attention averaged over queries [B, H] float64, causal zeros [B, H] int64)
     from q [B, H, T, D] and k [B, H|Hkv, T, D] after RoPE, `chunk` query rows at a time."""
     k = repeat_kv(k, q.shape[1])
@@ -113,7 +127,8 @@ def chunked_attention_stats(q, k, kind: str, chunk: int = 256, include_first_que
     count = 0
     for start in range(0, t, chunk):
         end = min(t, start + chunk)
-        w = attention_rows(q[:, :, start:end], k[:, :, :end], kind, start)
+        rows_mask = None if mask is None else mask[..., start:end, :end]
+        w = attention_rows(q[:, :, start:end], k[:, :, :end], kind, start, scale, rows_mask)
         f, n, z, _ = attention_row_stats(w, start, include_first_query)
         first += f
         zeros += z
@@ -148,26 +163,45 @@ def choose_attention_path(mode: str, config, batch_size: int, seq_len: int) -> s
         return mode
     if mode != "auto":
         raise ValueError(f"attention path {mode!r}: expected auto, maps or chunked")
-    size = 4 * batch_size * config.num_hidden_layers * config.num_heads * seq_len ** 2
+    c = config.get_text_config()
+    size = 4 * batch_size * c.num_hidden_layers * c.num_attention_heads * seq_len ** 2
     return "maps" if size <= MAPS_BUDGET else "chunked"
+
+
+def decoder_layers(model) -> nn.ModuleList:
+    """The transformer blocks of a causal LM (qbench's or transformers'): the `layers` list."""
+    n = model.config.get_text_config().num_hidden_layers
+    for name, module in model.named_modules():
+        if name.endswith("layers") and isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ValueError(f"{type(model).__name__}: no list of {n} decoder layers found")
+
+
+def _base_model_attentions(model, ids, output_attentions: bool):
+    """Run the model's decoder without the lm_head (most of a small model's work); the attention maps."""
+    base = model.get_decoder()
+    if isinstance(base, QBenchModel):
+        return base(ids, output_attentions=output_attentions)[2]
+    return base(input_ids=ids, output_attentions=output_attentions, use_cache=False).attentions
 
 
 @torch.no_grad()
 def collect(model, input_ids: torch.Tensor, attention: str = "auto", chunk: int = 256, batch_size: int = 4,
             include_first_query: bool = True) -> tuple[WindowStats, str]:
-    """Run `model` (a QBenchForCausalLM) over the windows and return (WindowStats, path used)."""
-    from ..model.modeling import apply_rope
+    """Run `model` (any causal LM qbench loads) over the windows and return (WindowStats, path used)."""
+    from ..model import attention_modules
 
-    config = model.config
-    path = choose_attention_path(attention, config, batch_size, input_ids.shape[1])
-    blocks = model.model.layers
-    kind = config.attention_kind
+    path = choose_attention_path(attention, model.config, batch_size, input_ids.shape[1])
+    blocks = decoder_layers(model)
+    attn = attention_modules(model)
+    if len(attn) != len(blocks):
+        raise ValueError(f"{type(model).__name__}: {len(attn)} attention modules for {len(blocks)} layers")
     state: dict = {}
     handles = []
 
     def block_hook(i):
         def hook(module, args, output):
-            x = output[0]
+            x = output[0] if isinstance(output, tuple) else output
             state["hidden"][i] = [m.as_list() for m in Moments.of_rows(x)]
         return hook
 
@@ -180,37 +214,32 @@ def collect(model, input_ids: torch.Tensor, attention: str = "auto", chunk: int 
             state["linear"][name] = state["seen"][id(x)][1]
         return hook
 
-    def attn_hook(i):
-        def hook(module, args):
-            x, cos, sin, key_mask = args[:4]
-            if key_mask is not None and not bool(key_mask.all()):
+    def observer(i):
+        def observe(q, k, kind, scale, key_mask, mask):
+            if key_mask is not None:
                 raise ValueError("diagnostics windows are never padded")
-            b, t, _ = x.shape
-            d = config.head_dim
-            q = module.q_proj(x).view(b, t, -1, d).transpose(1, 2)
-            k = module.k_proj(x).view(b, t, -1, d).transpose(1, 2)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            state["attn"][i] = chunked_attention_stats(q, k, kind, chunk, include_first_query)
-        return hook
+            state["attn"][i] = chunked_attention_stats(q, k, kind, chunk, include_first_query, scale, mask)
+        return observe
 
     linear_names = []
+    prefix = {id(b): f"model.layers.{i}" for i, b in enumerate(blocks)}
     for i, block in enumerate(blocks):
         handles.append(block.register_forward_hook(block_hook(i)))
         for name, module in block.named_modules():
             if isinstance(module, nn.Linear):
-                full = f"model.layers.{i}.{name}"
+                full = f"{prefix[id(block)]}.{name}"
                 linear_names.append(full)
                 handles.append(module.register_forward_pre_hook(linear_hook(full)))
-        if path == "chunked":
-            handles.append(block.attn.register_forward_pre_hook(attn_hook(i)))
+    if path == "chunked":
+        for i, (_, module) in enumerate(attn):
+            module.attn_observer = observer(i)
     device = next(model.parameters()).device
     first, zeros, hidden, linear = [], [], [], []
     try:
         for start in range(0, input_ids.shape[0], batch_size):
             state.update(hidden={}, linear={}, attn={}, seen={})
             ids = input_ids[start:start + batch_size].to(device)
-            # the base model only: the diagnostics need no logits (the lm_head is most of a small model's work)
-            _, _, attentions = model.model(ids, output_attentions=(path == "maps"))
+            attentions = _base_model_attentions(model, ids, path == "maps")
             if path == "maps":
                 stats = [maps_attention_stats(w, include_first_query) for w in attentions]
             else:
@@ -225,6 +254,8 @@ def collect(model, input_ids: torch.Tensor, attention: str = "auto", chunk: int 
     finally:
         for h in handles:
             h.remove()
+        for _, module in attn:
+            module.attn_observer = None
     stats = WindowStats(seq_len=input_ids.shape[1], first=torch.cat(first).numpy(), zeros=torch.cat(zeros).numpy(),
                         hidden=np.concatenate(hidden), linear_max=torch.cat(linear).numpy(),
                         linear_names=linear_names)
@@ -259,9 +290,9 @@ def per_layer(stats: WindowStats) -> dict:
     linear = stats.linear_max.max(0)
     by_name = dict(zip(stats.linear_names, linear.tolist()))
     groups = {}
-    for group, suffixes in LINEAR_GROUPS.items():
-        groups[group] = [max((by_name[f"model.layers.{i}.{s}"] for s in suffixes
-                              if f"model.layers.{i}.{s}" in by_name), default=float("nan"))
+    for group, leaves in LINEAR_GROUPS.items():
+        groups[group] = [max((v for n, v in by_name.items() if n.startswith(f"model.layers.{i}.")
+                              and n.rsplit(".", 1)[-1] in leaves), default=float("nan"))
                          for i in range(n_layers)]
     groups["all"] = [max((v for n, v in by_name.items() if n.startswith(f"model.layers.{i}.")), default=float("nan"))
                      for i in range(n_layers)]

@@ -1,4 +1,4 @@
-"""Writing a diagnose_pair() result: Markdown (the paper's Table 2 layout), CSV, PNG and JSON."""
+"""Writing a diagnose_arms() result: Markdown (the paper's Table 2 layout), CSV, PNG and JSON."""
 from __future__ import annotations
 
 import csv
@@ -7,7 +7,6 @@ import json
 import math
 from pathlib import Path
 
-KINDS = ("softmax", "softpick")
 FILES = {"markdown": "diagnostics.md", "csv": "diagnostics.csv", "png": "diagnostics.png", "json": "diagnostics.json"}
 PER_LAYER_COLUMNS = [("attn_in", "max \\|x\\| q/k/v in"), ("o_proj", "max \\|x\\| o_proj in"),
                      ("mlp_in", "max \\|x\\| gate/up in"), ("down_proj", "max \\|x\\| down_proj in")]
@@ -28,7 +27,8 @@ def _pm(entry) -> str:
 
 
 def _models(result):
-    return [k for k in KINDS if k in result["models"]]
+    """The arms' labels in the order they were diagnosed."""
+    return list(result["models"])
 
 
 def markdown_table(result: dict) -> str:
@@ -48,14 +48,15 @@ def markdown(result: dict) -> str:
     out = ["# Diagnostics (paper Table 2)", "",
            f"Sample: {sample['samples']} windows x {sample['seq_len']} tokens, seed {sample['seed']}, from "
            f"{sample['text']}; {sample['window_rule']}. Tokens sha256 {sample['tokens_sha256'][:16]}.", "",
-           "Models: " + "; ".join(f"{k} `{result['models'][k]['path']}` (hash {result['models'][k]['hash'][:12]}, "
-                                  f"{result['models'][k]['device']}, {result['models'][k]['dtype']}, attention "
-                                  f"statistics from the {result['models'][k]['attention_path']} path)" for k in kinds),
+           "Models: " + "; ".join(f"{k} `{m['path']}` ({m.get('format', 'qbench')}, "
+                                  f"{m.get('architecture', 'QBenchForCausalLM')}, attention {m.get('attention', k)}, "
+                                  f"hash {m['hash'][:12]}, {m['device']}, {m['dtype']}, attention statistics from the "
+                                  f"{m['attention_path']} path)" for k, m in result["models"].items()),
            "", markdown_table(result),
            f"Each entry: the value over all windows ± the standard deviation over sub-samples ({defs['spread']}).",
            f"Sink rate: {defs['sink']}. Sparsity: {defs['sparsity']}. Kurtosis: {defs['kurtosis']}; "
            f"hidden states = {defs['hidden_states']}; min / max activation over the same values.", "",
-           "## Per layer (softmax / softpick)", "",
+           f"## Per layer ({' / '.join(kinds)})", "",
            "Max |x|: " + defs["linear_input_max_abs"] + ". Hidden kurtosis and min .. max: of that layer's block "
            "output. Sparsity and sink rate (eps 0.3) of that layer's attention.", ""]
     n_layers = max(result["models"][k]["num_layers"] for k in kinds)
@@ -77,7 +78,7 @@ def markdown(result: dict) -> str:
     out.append("")
     qe = result.get("quant_error")
     if qe is not None:
-        out += ["## Weight quantization error per layer (softmax / softpick)", "",
+        out += [f"## Weight quantization error per layer ({' / '.join(kinds)})", "",
                 f"From {qe['source']}: relative weight error ||W_q - W|| / ||W|| of each layer's linear layers, "
                 "combined per layer as their RMS; overall = the report's size-weighted error.", ""]
         combos = sorted({(r["recipe"], r["bits"]) for r in qe["rows"]}, key=lambda c: (str(c[0]), -(c[1] or 0)))
@@ -131,7 +132,7 @@ def plot(result: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     kinds = _models(result)
-    colors = {"softmax": "tab:blue", "softpick": "tab:orange"}
+    colors = {k: f"C{i % 10}" for i, k in enumerate(kinds)}
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     (a, b), (c, d) = axes
     b2 = b.twinx()
@@ -165,10 +166,12 @@ def plot(result: dict, path) -> None:
         for j, combo in enumerate(combos):
             for r in qe["rows"]:
                 if (r["recipe"], r["bits"]) == combo and r["model"] in colors:
-                    style = "o-" if r["model"] == "softmax" else "s--"
+                    style = ("o-", "s--", "^:", "d-.")[kinds.index(r["model"]) % 4]
                     d.plot(range(len(r["per_layer"])), r["per_layer"], style, color=cmap(j % cmap.N),
                            label=f"{combo[0]} {combo[1]}-bit {r['model']}")
-        d.set(title="weight quantization error per layer (solid softmax, dashed softpick)", xlabel="layer",
+        d.set(title="weight quantization error per layer (" + ", ".join(
+                  f"{('solid', 'dashed', 'dotted', 'dash-dot')[i % 4]} {k}" for i, k in enumerate(kinds)) + ")",
+              xlabel="layer",
               ylabel="relative weight error (RMS over the layer's linears)")
         d.legend(fontsize=6, ncol=2)
         d.grid(alpha=0.3)
@@ -179,7 +182,7 @@ def plot(result: dict, path) -> None:
     for ax in (a, b, b2, d):
         _auto_log(ax)
     s = result["sample"]
-    fig.suptitle(f"softmax vs softpick diagnostics: {s['samples']} x {s['seq_len']} tokens, seed {s['seed']}")
+    fig.suptitle(f"{' vs '.join(kinds)} diagnostics: {s['samples']} x {s['seq_len']} tokens, seed {s['seed']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
@@ -192,9 +195,22 @@ def _auto_log(ax, ratio=30.0) -> None:
         ax.set_yscale("log")
 
 
+def check_out_dir(out_dir) -> Path:
+    """The output folder, refused (DiagnosticsError) when it exists as something else than a folder."""
+    from .collect import DiagnosticsError
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DiagnosticsError(f"--out {out_dir}: exists and is not a folder")
+    for parent in out_dir.parents:
+        if parent.exists() and not parent.is_dir():
+            raise DiagnosticsError(f"--out {out_dir}: {parent} is not a folder")
+    return out_dir
+
+
 def write_diagnostics(result: dict, out_dir) -> dict[str, Path]:
     """Write diagnostics.{md,csv,png,json} into out_dir; returns {kind: path}."""
-    out_dir = Path(out_dir)
+    out_dir = check_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {k: out_dir / v for k, v in FILES.items()}
     files["markdown"].write_text(markdown(result))

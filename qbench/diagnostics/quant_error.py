@@ -1,6 +1,7 @@
 """Per-layer weight quantization error read from a sweep's stored cells.
 
-A cell (results/<sweep>/cells/<key>.json) holds `model` {kind, hash}, `recipe`, `bits` and a
+A cell (results/<sweep>/cells/<key>.json) holds `model` {arm, attention, hash, ...} (old cells:
+{kind, hash}; the kind is the arm), `recipe`, `bits` and a
 `quant_report` whose `layers` list has one entry per quantized linear layer with its `name` and
 `weight_error` (||W_q - W||_F / ||W||_F; see qbench/quant/core.py). For each (model, recipe,
 bits) this gives, per transformer layer, the error over that layer's linear layers combined as
@@ -35,7 +36,7 @@ def _layer_errors(report: dict) -> dict[str, float]:
 def read_quant_errors(results, hashes: dict[str, str] | None = None, num_layers: int | None = None) -> dict:
     """{"source", "rows": [{model, recipe, bits, per_layer [L], by_module, overall, cell}], "skipped"}.
 
-    `hashes`: {kind: content hash}; cells whose model hash differs are skipped. One row per
+    `hashes`: {arm: content hash}; cells whose model hash differs are skipped. One row per
     (model, recipe, bits): cells that differ only in tasks or limits share their quantization,
     the first cell in key order is used.
     """
@@ -47,7 +48,7 @@ def read_quant_errors(results, hashes: dict[str, str] | None = None, num_layers:
         except (OSError, json.JSONDecodeError):
             skipped["unreadable"] += 1
             continue
-        kind, model_hash = cell["model"]["kind"], cell["model"]["hash"]
+        kind, model_hash = cell["model"].get("arm") or cell["model"].get("kind"), cell["model"]["hash"]
         if hashes and hashes.get(kind) not in (None, model_hash):
             skipped["other_checkpoint"] += 1
             continue

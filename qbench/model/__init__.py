@@ -1,21 +1,26 @@
-"""The qbench model: reads and writes the paper's checkpoint format (see checkpoint-format.md)."""
+"""Models qbench runs: its own model for the paper's checkpoint format, transformers' own classes
+for transformers folders and GGUF files; attention always through qbench.attention.attend."""
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from .config import ATTN_IMPL_OF_KIND, ATTN_IMPLS, QBenchConfig
-from .inspect import CheckpointInfo, inspect_checkpoint, load_model
+from ..attention import kinds
+from . import hf_attention
+from .config import QBenchConfig
+from .hf_attention import attention_modules
+from .loading import (FORMATS, Checkpoint, CheckpointError, CheckpointInfo, checkpoint_hash, inspect_checkpoint,
+                      load_checkpoint, load_model, read_config, resolve_source)
 from .modeling import QBenchForCausalLM, QBenchModel
-from .pair import (Checkpoint, Pair, PairError, check_pair, checkpoint_hash, load_checkpoint, load_pair,
-                   read_config, resolve)
+from .pair import Pair, PairError, arm_differences, check_arms, check_pair, load_pair
 
 AutoConfig.register("transformer", QBenchConfig, exist_ok=True)
 AutoModelForCausalLM.register(QBenchConfig, QBenchForCausalLM, exist_ok=True)
+hf_attention.register()
 
 
 def new_model(kind: str = "softmax", seed: int = 0, **config_fields) -> QBenchForCausalLM:
     """A randomly initialised model (tests, training from scratch); fields as in config.json."""
     import torch
 
-    config = QBenchConfig(attn_impl=ATTN_IMPL_OF_KIND[kind], **config_fields)
+    config = QBenchConfig(attn_impl=kinds.attn_impl_of(kind), **config_fields)
     torch.manual_seed(seed)
     return QBenchForCausalLM(config).eval()
 
@@ -28,6 +33,7 @@ def save_checkpoint(model, tokenizer, folder, dtype=None) -> None:
     tokenizer.save_pretrained(folder)
 
 
-__all__ = ["ATTN_IMPLS", "ATTN_IMPL_OF_KIND", "QBenchConfig", "QBenchModel", "QBenchForCausalLM", "Checkpoint",
-           "Pair", "PairError", "check_pair", "checkpoint_hash", "load_checkpoint", "load_pair", "read_config",
-           "resolve", "new_model", "save_checkpoint", "CheckpointInfo", "inspect_checkpoint", "load_model"]
+__all__ = ["FORMATS", "QBenchConfig", "QBenchModel", "QBenchForCausalLM", "Checkpoint", "CheckpointError",
+           "CheckpointInfo", "Pair", "PairError", "arm_differences", "attention_modules", "check_arms",
+           "check_pair", "checkpoint_hash", "inspect_checkpoint", "load_checkpoint", "load_model", "load_pair",
+           "new_model", "read_config", "resolve_source", "save_checkpoint"]

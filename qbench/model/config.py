@@ -1,9 +1,7 @@
 """Config of the paper's checkpoint format (flash-linear-attention "transformer")."""
 from transformers import PretrainedConfig
 
-# attn_impl value in config.json -> attention kind
-ATTN_IMPLS = {"parallel_attn": "softmax", "parallel_softpick_attn": "softpick"}
-ATTN_IMPL_OF_KIND = {kind: impl for impl, kind in ATTN_IMPLS.items()}
+from ..attention import kinds
 
 
 class QBenchConfig(PretrainedConfig):
@@ -60,9 +58,9 @@ class QBenchConfig(PretrainedConfig):
 
     @property
     def attention_kind(self) -> str:
-        if self.attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl {self.attn_impl!r} is not supported; expected one of {sorted(ATTN_IMPLS)}")
-        return ATTN_IMPLS[self.attn_impl]
+        """The kind forced at load (`qbench_attention`, see qbench.model.load_model), else attn_impl's."""
+        forced = getattr(self, "qbench_attention", None)
+        return kinds.get(forced).name if forced else kinds.kind_of_attn_impl(self.attn_impl)
 
     @property
     def kv_heads(self) -> int:
@@ -83,8 +81,8 @@ class QBenchConfig(PretrainedConfig):
     def check_supported(self) -> None:
         """Refuse what this implementation does not compute, instead of computing it wrongly."""
         problems = []
-        if self.attn_impl not in ATTN_IMPLS:
-            problems.append(f"attn_impl={self.attn_impl!r} (supported: {sorted(ATTN_IMPLS)})")
+        if self.attn_impl not in kinds.ATTN_IMPLS:
+            problems.append(f"attn_impl={self.attn_impl!r} (supported: {sorted(kinds.ATTN_IMPLS)})")
         if self.qk_norm:
             problems.append("qk_norm=true")
         if self.window_size is not None:

@@ -1,4 +1,4 @@
-"""A Llama-style causal LM with the paper's weight names; attention is softmax or softpick."""
+"""A Llama-style causal LM with the paper's weight names; attention is any kind of qbench.attention.kinds."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,7 +46,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, kvh * d, bias=config.qkv_bias)
         self.v_proj = nn.Linear(config.hidden_size, kvh * d, bias=config.qkv_bias)
         self.o_proj = nn.Linear(h * d, config.hidden_size, bias=False)
-        self.attn_quant = None   # an attention-side quantizer (qbench.attention: `quant`), or None
+        self.attn_quant = None     # an attention-side quantizer (qbench.attention: `quant`), or None
+        self.attn_observer = None  # a callable given q, k (qbench.attention.attend: `observe`), or None
 
     def forward(self, x, cos, sin, key_mask, need_weights):
         b, t, _ = x.shape
@@ -56,7 +57,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, t, -1, d).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out, weights = attend(q, k, v, self.config.attention_kind, key_mask, need_weights,
-                              self.attn_quant)
+                              self.attn_quant, observe=self.attn_observer)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), weights
 
 

@@ -1,34 +1,15 @@
-"""Loading checkpoints and pairs: a pair is two checkpoints that differ only in attention."""
-import hashlib
-import json
-import os
+"""Arms and pairs: checkpoints compared with each other. A pair is two arms (softmax, softpick)
+that differ only in attention; `check_arms` checks N arms for a shared architecture and tokenizer."""
+from __future__ import annotations
+
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from ..errors import QBenchError
-from ..files import file_sha256, update_digest
-from .config import QBenchConfig
+from .loading import (ARCHITECTURE_FIELDS, Checkpoint, CheckpointError, CheckpointInfo, inspect_checkpoint,
+                      load_model, tokenizer_fingerprint)
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-# config fields that must agree between the two models of a pair
-ARCHITECTURE_FIELDS = ("hidden_size", "num_hidden_layers", "num_heads", "kv_heads", "mlp_size", "vocab_size",
-                       "rope_theta", "norm_eps", "tie_word_embeddings", "qkv_bias", "bos_token_id", "eos_token_id")
-
-
-class PairError(QBenchError, ValueError):
-    """The two checkpoints are not a usable softmax/softpick pair, or one cannot be read."""
-
-
-@dataclass
-class Checkpoint:
-    """A loaded model with what identifies it."""
-    kind: str            # softmax | softpick
-    path: str
-    model: torch.nn.Module
-    tokenizer: object
-    content_hash: str
+PairError = CheckpointError
 
 
 @dataclass
@@ -40,114 +21,64 @@ class Pair:
         return iter((self.softmax, self.softpick))
 
 
-def _is_local(path) -> bool:
-    return Path(path).exists() or str(path).startswith((".", "/", "~")) or str(path).count("/") != 1
+def arm_differences(infos: list[CheckpointInfo]) -> list[str]:
+    """What differs between the checkpoints besides their attention: architecture fields
+    ("hidden_size: 64 vs 128") and the tokenizer. Empty when they are one model."""
+    diffs = []
+    for name in ARCHITECTURE_FIELDS:
+        values = [i.architecture_fields.get(name) for i in infos]
+        if len(set(map(repr, values))) > 1:
+            diffs.append(f"{name}: {' vs '.join(map(str, values))}")
+    prints = [tokenizer_fingerprint(i.source) for i in infos]
+    if any(p != prints[0] for p in prints[1:]):
+        kinds_of_print = {tuple(sorted(p)) for p in prints}
+        if len(kinds_of_print) == 1 or not _same_vocab(infos):
+            diffs.append("tokenizer: the tokenizer files differ (" + " vs ".join(i.path for i in infos) + ")")
+    return diffs
 
 
-def resolve(path) -> Path:
-    """A local checkpoint folder, or a hub id downloaded to the local cache (only where a hub is reachable)."""
-    if _is_local(path):
-        folder = Path(path).expanduser()
-        if not folder.is_dir():
-            raise PairError(f"checkpoint folder not found: {folder}")
-        return folder
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise PairError(f"{path!r} is not a local folder and HF_HUB_OFFLINE=1: hub ids work only where a hub is reachable")
-    try:
-        from huggingface_hub import snapshot_download
-        return Path(snapshot_download(str(path)))
-    except Exception as err:  # no network, unknown repo, ...
-        raise PairError(f"{path!r} is not a local folder and could not be fetched from the model hub "
-                        f"(offline machines can only use local folders): {type(err).__name__}: {err}") from None
+def _same_vocab(infos: list[CheckpointInfo]) -> bool:
+    """Tokenizers stored differently (GGUF metadata vs files): compare the loaded vocabularies."""
+    from transformers import AutoTokenizer
+
+    vocabs = [AutoTokenizer.from_pretrained(i.source.folder, gguf_file=i.source.gguf_file,
+                                            local_files_only=True).get_vocab() for i in infos]
+    return all(v == vocabs[0] for v in vocabs[1:])
 
 
-def read_config(folder: Path) -> QBenchConfig:
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise PairError(f"{folder}: no config.json")
-    try:
-        raw = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise PairError(f"{config_file}: not valid JSON ({err})") from None
-    if raw.get("model_type") != "transformer":
-        raise PairError(f"{config_file}: model_type is {raw.get('model_type')!r}, expected 'transformer'")
-    config = QBenchConfig.from_dict(raw)
-    try:
-        config.check_supported()
-    except ValueError as err:
-        raise PairError(f"{config_file}: {err}") from None
-    return config
-
-
-def weight_file(folder: Path) -> Path:
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    raise PairError(f"{folder}: no weights ({' or '.join(WEIGHT_FILES)})")
-
-
-def checkpoint_hash(path) -> str:
-    """sha256 over config.json, the weights and the tokenizer files: what makes a model's numbers."""
-    folder = resolve(path)
-    digest = hashlib.sha256()
-    names = ["config.json", weight_file(folder).name] + sorted(
-        p.name for p in folder.glob("*token*") if p.is_file())
-    for name in names:
-        digest.update(name.encode())
-        update_digest(digest, folder / name)
-    return digest.hexdigest()[:16]
-
-
-def load_checkpoint(path, device="cpu", dtype=torch.float32) -> Checkpoint:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = resolve(path)
-    config = read_config(folder)
-    weight_file(folder)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
-    except Exception as err:
-        raise PairError(f"{folder}: weights could not be loaded: {type(err).__name__}: {err}") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except Exception as err:
-        raise PairError(f"{folder}: tokenizer could not be loaded: {type(err).__name__}: {err}") from None
-    return Checkpoint(config.attention_kind, str(path), model, tokenizer, checkpoint_hash(folder))
+def check_arms(arms, compare: str = "arms") -> list[CheckpointInfo]:
+    """Inspect every arm (path, attention or None) strictly and return their infos. With
+    compare="arms" (arms differ only in attention) raise CheckpointError naming what differs;
+    compare="models" (different models, each against its own full precision) checks each alone."""
+    if compare not in ("arms", "models"):
+        raise CheckpointError(f"compare must be 'arms' or 'models', got {compare!r}")
+    infos = [inspect_checkpoint(path, attention) for path, attention in arms]
+    if compare == "arms" and len(infos) > 1:
+        diffs = arm_differences(infos)
+        if diffs:
+            raise CheckpointError("the arms are not one model with different attention kinds, "
+                                  "they differ in " + "; ".join(diffs)
+                                  + " (a sweep comparing different models says compare: models)")
+    return infos
 
 
 def check_pair(softmax_path, softpick_path) -> None:
-    """Cheap checks (configs and tokenizer files only) that the two folders are a pair; raises PairError."""
-    folders = {"softmax": resolve(softmax_path), "softpick": resolve(softpick_path)}
-    configs = {}
-    for kind, folder in folders.items():
-        config = read_config(folder)
-        if config.attention_kind != kind:
-            raise PairError(f"{folder} was given as the {kind} model but its attn_impl is "
-                            f"{config.attn_impl!r} ({config.attention_kind})")
-        weight_file(folder)
-        configs[kind] = config
-    diffs = [f"{name}: {getattr(configs['softmax'], name)} vs {getattr(configs['softpick'], name)}"
-             for name in ARCHITECTURE_FIELDS
-             if getattr(configs["softmax"], name) != getattr(configs["softpick"], name)]
+    """Cheap checks (headers, configs and tokenizer files only) that the two are a pair; raises PairError."""
+    infos = []
+    for kind, path in (("softmax", softmax_path), ("softpick", softpick_path)):
+        infos.append(inspect_checkpoint(path))
+        if infos[-1].attention != kind:
+            raise PairError(f"{path} was given as the {kind} model but its attention is {infos[-1].attention} "
+                            f"({infos[-1].attention_source})")
+    diffs = arm_differences(infos)
     if diffs:
-        raise PairError("not a pair, the architectures differ: " + "; ".join(diffs))
-    tokenizers = [_tokenizer_fingerprint(folders[k]) for k in ("softmax", "softpick")]
-    if tokenizers[0] != tokenizers[1]:
-        raise PairError("not a pair: the tokenizer files differ "
-                        f"({folders['softmax']} vs {folders['softpick']})")
-
-
-def _tokenizer_fingerprint(folder: Path) -> dict:
-    files = {p.name: p for p in folder.iterdir() if p.name in ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt")}
-    if not files:
-        raise PairError(f"{folder}: no tokenizer files (tokenizer.json or tokenizer.model)")
-    return {name: file_sha256(p) for name, p in files.items()}
+        raise PairError("not a pair, they differ in " + "; ".join(diffs))
 
 
 def load_pair(softmax_path, softpick_path, device="cpu", dtype=torch.float32) -> Pair:
     """Both models of a pair, after checking that they are one."""
     check_pair(softmax_path, softpick_path)
-    pair = Pair(load_checkpoint(softmax_path, device, dtype), load_checkpoint(softpick_path, device, dtype))
+    pair = Pair(load_model(softmax_path, None, device, dtype), load_model(softpick_path, None, device, dtype))
     if pair.softmax.tokenizer.get_vocab() != pair.softpick.tokenizer.get_vocab():
         raise PairError("not a pair: the tokenizers' vocabularies differ")
     return pair

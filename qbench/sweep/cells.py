@@ -136,7 +136,7 @@ def expand(sweep: Sweep) -> list[CellSpec]:
     from ..eval.tasks import task_fingerprint
     from ..model import checkpoint_hash
 
-    hashes = {a.name: checkpoint_hash(a.path) for a in sweep.arms}
+    hashes = {a.name: checkpoint_hash(a.path, a.attention) for a in sweep.arms}
     task_data = task_fingerprint(sweep.tasks, sweep.tasks_dir)
     limit = sweep.effective_limit
     calib_sha = file_sha256(sweep.calibration_text) if sweep.calibration_text else None

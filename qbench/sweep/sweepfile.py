@@ -246,18 +246,18 @@ def sweep_arms(path) -> tuple[list[tuple[str, Path, str | None]], Path | None]:
 
 
 def _inspect(path: Path, attention: str | None, source: str, where: str):
-    """(attention kind, tokenizer/architecture fingerprint, linear layer shapes) of an arm, without
-    loading its weights; SweepError naming the arm when it cannot be read."""
-    from ..model import PairError, inspect_checkpoint
+    """The arm's CheckpointInfo (headers only, strict tensor check); SweepError naming the arm."""
+    from ..model import inspect_checkpoint
 
     try:
         return inspect_checkpoint(path, attention=attention)
-    except (PairError, QBenchError) as err:
+    except QBenchError as err:
         raise SweepError(source, where, str(err)) from None
 
 
 def _check_arms(arms_raw: list[dict], baseline, compare: str, source: str) -> tuple[list[Arm], str, dict]:
     from ..attention import KINDS
+    from ..model import arm_differences, checkpoint_hash
 
     arms, infos, seen = [], {}, set()
     for i, raw in enumerate(arms_raw):
@@ -268,8 +268,8 @@ def _check_arms(arms_raw: list[dict], baseline, compare: str, source: str) -> tu
             raise SweepError(source, f"{where}.attention", f"{attention!r} is not an attention kind; known: {list(KINDS)}")
         info = _inspect(path, attention, source, where)
         if "expect" in raw and info.attention != raw["expect"]:
-            raise SweepError(source, where, f"{path} was given as the {raw['expect']} model but its config says "
-                             f"{info.attention}")
+            raise SweepError(source, where, f"{path} was given as the {raw['expect']} model but its attention is "
+                             f"{info.attention} ({info.attention_source})")
         name = raw.get("name") or path.name
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise SweepError(source, f"{where}.name", f"expected a plain name (letters, digits, _.+-), got {name!r}")
@@ -283,7 +283,7 @@ def _check_arms(arms_raw: list[dict], baseline, compare: str, source: str) -> tu
         infos[name] = info
     same = {}
     for a in arms:
-        same.setdefault((infos[a.name].content_hash, a.attention), []).append(a.name)
+        same.setdefault(checkpoint_hash(a.path, a.attention), []).append(a.name)
     dup = [names for names in same.values() if len(names) > 1]
     if dup:
         raise SweepError(source, "arms", f"arms {dup[0]} are the same checkpoint with the same attention: "
@@ -292,13 +292,11 @@ def _check_arms(arms_raw: list[dict], baseline, compare: str, source: str) -> tu
     if baseline not in seen:
         raise SweepError(source, "baseline", f"{baseline!r} is not an arm; arms: {[a.name for a in arms]}")
     if compare == "arms" and len(arms) > 1:
-        base = infos[baseline]
-        for a in arms:
-            diffs = base.differences(infos[a.name])
-            if diffs:
-                raise SweepError(source, "arms", f"arm {a.name!r} is not a variant of {baseline!r} ({'; '.join(diffs)}); "
-                                 f"set `compare: models` to compare different models (deltas are then taken "
-                                 f"against each arm's own full precision only)")
+        diffs = arm_differences(list(infos.values()))
+        if diffs:
+            raise SweepError(source, "arms", f"the arms are not variants of one model ({'; '.join(diffs)}); set "
+                             f"`compare: models` to compare different models (deltas are then taken against each "
+                             f"arm's own full precision only)")
     return arms, baseline, infos
 
 
@@ -478,7 +476,7 @@ def load_sweep(path, *, results_dir=None, device: str | None = None, limit: int 
     for p in points:   # every recipe must fit every arm: layers selected, group sizes dividing them
         for a in arms:
             try:
-                quant.check_fits(p.recipe, p.bits, infos[a.name].linear_shapes)
+                quant.check_fits(p.recipe, p.bits, infos[a.name].linear_layers)
             except quant.QuantError as err:
                 raise SweepError(source, "grid", f"recipe {p.recipe.name!r} on arm {a.name!r} ({a.path}): {err}") from None
 

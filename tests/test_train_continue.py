@@ -2,7 +2,6 @@
 switched (issue 15's retrofit), on a tiny random paper-format checkpoint saved here, and on a
 tiny transformers Llama (CPU, seconds)."""
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from qbench.model import checkpoint_hash, load_checkpoint, read_config
 from qbench.train import data as D
 from qbench.train import launch as L
 from qbench.train import loop
-from qbench.train import start as S
 from qbench.train import train as T
 from qbench.train.presets import PRESETS
 from train_fixtures import make_corpus, read_log, spec
@@ -86,23 +84,16 @@ def _tiny_llama(folder, tokenizer):
     return folder
 
 
-def test_transformers_model_is_trained_and_saved_in_its_own_format(corpus, tmp_path, tokenizer, retrofit,
-                                                                   monkeypatch):
-    """A transformers Llama through the load_model interface (stood in for by transformers' own
-    loader: softmax attention needs no routing): our loss is transformers' loss, and the result
-    is saved with save_pretrained plus config.json's qbench_attention."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_transformers_model_is_trained_and_saved_in_its_own_format(corpus, tmp_path, tokenizer, retrofit):
+    """A transformers Llama, loaded by qbench (attention routed through attend) and switched to
+    softpick: our loss is the model's own loss, and the result is saved with save_pretrained plus
+    config.json's qbench_attention, which the loader reads back."""
+    from transformers import AutoTokenizer
+
+    from qbench.model import checkpoint_hash, inspect_checkpoint, load_model
 
     source = _tiny_llama(tmp_path / "llama", tokenizer)
-
-    def load_model(path, attention=None, device="cpu", dtype=torch.float32):
-        assert attention in (None, "softmax")
-        return SimpleNamespace(model=AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device),
-                               tokenizer=AutoTokenizer.from_pretrained(path), content_hash="llama-test",
-                               format="transformers")
-
-    monkeypatch.setattr(S, "_load_model_function", lambda: load_model)
-    model = load_model(source).model.eval()
+    model = load_model(source, attention="softpick").model.eval()
     x = torch.from_numpy(D.load_tokens(corpus / "train.tokens.u16")[:65].astype(np.int64))[None]
     with torch.no_grad():
         ours = loop.lm_loss(loop.forward_hidden(model, x[:, :-1]), loop.head_weight(model), x[:, 1:])
@@ -110,13 +101,15 @@ def test_transformers_model_is_trained_and_saved_in_its_own_format(corpus, tmp_p
     assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
 
     out = tmp_path / "llama-ft"
-    trained, summary = T.train_model(continued(corpus, out, "softmax", source))
+    trained, summary = T.train_model(continued(corpus, out, "softpick", source))
     config = json.loads((out / "config.json").read_text())
-    assert config["model_type"] == "llama" and config["qbench_attention"] == "softmax"
-    assert summary["checkpoint"]["format"] == "transformers" and summary["start"]["content_hash"] == "llama-test"
-    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert config["model_type"] == "llama" and config["qbench_attention"] == "softpick"
+    assert summary["checkpoint"]["format"] == "transformers"
+    assert summary["start"]["content_hash"] == checkpoint_hash(source) and summary["start"]["attention_before"] == "softmax"
+    assert inspect_checkpoint(out).attention == "softpick"
+    reloaded = load_model(out).model.eval()
     with torch.no_grad():
-        assert torch.allclose(trained.eval()(x).logits, reloaded(x).logits)
+        assert torch.allclose(trained.eval()(x).logits, reloaded(x).logits, atol=1e-5)
     assert AutoTokenizer.from_pretrained(out).get_vocab() == tokenizer.get_vocab()
 
 
@@ -128,11 +121,10 @@ def test_from_needs_a_preset_without_shape_and_the_reverse(corpus, tmp_path, tok
         T.check_spec(spec(corpus, tmp_path / "o", "softpick", preset="retrofit"))
 
 
-def test_from_a_folder_the_fallback_loader_cannot_read(corpus, tmp_path, tokenizer, retrofit, monkeypatch, capsys):
-    """Without qbench.model.load_model only the paper format loads: a clear error, before training."""
-    monkeypatch.setattr(S, "_load_model_function", lambda: None)
-    source = _tiny_llama(tmp_path / "llama", tokenizer)
-    code = T.main(["--preset", "retrofit", "--from", str(source), "--attention", "softpick", "--out",
+def test_from_a_path_that_is_no_checkpoint(corpus, tmp_path, tokenizer, retrofit, capsys):
+    """--from a folder without a checkpoint: a clear error naming it, before training."""
+    (tmp_path / "empty").mkdir()
+    code = T.main(["--preset", "retrofit", "--from", str(tmp_path / "empty"), "--attention", "softpick", "--out",
                    str(tmp_path / "o"), "--corpus", str(corpus), "--device", "cpu", "--no-progress"])
-    assert code == 2 and "model_type is 'llama', expected 'transformer'" in capsys.readouterr().err
+    assert code == 2 and "empty" in capsys.readouterr().err
     assert not (tmp_path / "o" / "config.json").exists()

@@ -31,12 +31,12 @@ class Start:
 
 
 def fresh_model(preset: dict, kind: str, seed: int, tokenizer):
-    """A fresh model of the preset: the same weights for both kinds given the seed (built on the CPU)."""
-    from ..model import ATTN_IMPL_OF_KIND, new_model
+    """A fresh model of the preset: the same weights for every kind given the seed (built on the CPU)."""
+    from ..attention import kinds
+    from ..model import new_model
 
-    if kind not in ATTN_IMPL_OF_KIND:
-        raise TrainError(f"unknown attention {kind!r} for a model trained from scratch; expected one of "
-                         f"{', '.join(ATTN_IMPL_OF_KIND)}")
+    if kind not in kinds.KINDS:
+        raise TrainError(f"unknown attention {kind!r}; expected one of {', '.join(kinds.KINDS)}")
     if preset.get("model") is None:
         raise TrainError(f"preset {preset['name']!r} has no model shape: it continues a checkpoint (--from PATH)")
     fields = dict(preset["model"])
@@ -53,59 +53,22 @@ def fresh_model(preset: dict, kind: str, seed: int, tokenizer):
     return new_model(kind, seed=seed, **fields)
 
 
-def _load_model_function():
-    """qbench.model.load_model where it exists (None otherwise)."""
-    from .. import model
-
-    return getattr(model, "load_model", None)
-
-
 def from_checkpoint(path, kind: str) -> Start:
     """The checkpoint at `path` on the CPU in float32, its attention switched to `kind`, in
     training mode, with its own tokenizer."""
     import torch
 
-    load_model = _load_model_function()
-    if load_model is not None:
-        before = _attention_before(path)
-        ckpt = load_model(str(path), attention=kind, device="cpu", dtype=torch.float32)
-        fmt = getattr(ckpt, "format", None) or _format_of(ckpt.model)
-        loader = "qbench.model.load_model"
-    else:
-        from ..model import ATTN_IMPL_OF_KIND, load_checkpoint, read_config, resolve
+    from ..model import checkpoint_hash, inspect_checkpoint, load_model
 
-        folder = resolve(path)
-        read_config(folder)        # the paper's format only: a clear error for anything else
-        if kind not in ATTN_IMPL_OF_KIND:
-            raise TrainError(f"--attention {kind}: the paper-format loader knows {', '.join(ATTN_IMPL_OF_KIND)} "
-                             f"(other kinds need qbench.model.load_model)")
-        ckpt = load_checkpoint(folder)
-        before = ckpt.model.config.attention_kind
-        ckpt.model.config.attn_impl = ATTN_IMPL_OF_KIND[kind]   # the attention modules read it at each call
-        fmt, loader = "qbench", "qbench.model.load_checkpoint (paper format; load_model not available)"
+    before = inspect_checkpoint(str(path)).attention
+    ckpt = load_model(str(path), attention=kind, device="cpu", dtype=torch.float32)
     model = ckpt.model.float().train()
     for p in model.parameters():
         p.requires_grad_(True)
-    origin = {"path": str(path), "format": fmt, "content_hash": ckpt.content_hash, "loader": loader,
-              "attention_before": before, "attention": kind, "class": type(model).__name__}
+    origin = {"path": str(path), "format": ckpt.format, "content_hash": checkpoint_hash(path),   # the files
+              "loader": "qbench.model.load_model", "attention_before": before, "attention": kind,
+              "class": type(model).__name__}
     return Start(model, ckpt.tokenizer, origin)
-
-
-def _attention_before(path):
-    """The checkpoint's own attention kind, from qbench.model.inspect_checkpoint where it exists."""
-    from .. import model
-
-    inspect = getattr(model, "inspect_checkpoint", None)
-    if inspect is None:
-        return None
-    info = inspect(str(path))
-    return info.get("attention") if isinstance(info, dict) else getattr(info, "attention", None)
-
-
-def _format_of(model) -> str:
-    from ..model import QBenchForCausalLM
-
-    return "qbench" if isinstance(model, QBenchForCausalLM) else "transformers"
 
 
 def checkpoint_tokenizer(path):
@@ -119,10 +82,8 @@ def checkpoint_tokenizer(path):
             return AutoTokenizer.from_pretrained(str(folder))
         except Exception as err:
             raise TrainError(f"tokenizer of {folder} could not be loaded: {type(err).__name__}: {err}") from None
-    load_model = _load_model_function()
-    if load_model is None:
-        raise TrainError(f"--from {path}: no tokenizer files there, and qbench.model.load_model (which reads "
-                         f"other formats) is not available")
+    from ..model import load_model
+
     return load_model(str(path)).tokenizer
 
 

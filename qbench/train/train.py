@@ -42,7 +42,7 @@ from .loop import OPTIMIZER_IMPLS, PRECISION_TEXT, PRECISIONS
 from .presets import COMMON, PRESETS
 from .record import device_name, git_commit, recipe_hash, show_path, versions
 
-KINDS = ("softmax", "softpick")
+KINDS = ("softmax", "softpick")   # the two arms of --pair
 LOG_FILE = "train_log.csv"
 SUMMARY_FILE = "train_summary.json"
 PAIR_SUMMARY_FILE = "pair_summary.json"
@@ -185,8 +185,10 @@ class RunSpec:
 def check_spec(spec: RunSpec) -> dict:
     """The resolved preset, after the checks that need no file."""
     preset = spec.preset_values()
-    if spec.start is None and spec.kind not in KINDS + ("pair",):
-        raise TrainError(f"unknown attention {spec.kind!r}; expected one of {', '.join(KINDS)}")
+    from ..attention import KINDS as ATTENTION_KINDS
+
+    if spec.kind != "pair" and spec.kind not in ATTENTION_KINDS:
+        raise TrainError(f"unknown attention {spec.kind!r}; expected one of {', '.join(ATTENTION_KINDS)}")
     if spec.start is not None and preset.get("model") is not None:
         raise TrainError(f"--from: preset {spec.preset!r} describes a model shape of its own; continued training "
                          f"takes a preset without one (e.g. retrofit)")
@@ -475,7 +477,8 @@ def _measurement(spec: RunSpec, preset: dict, result, settings: dict, params: in
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, help=f"training preset: {', '.join(PRESETS)}")
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--attention", help="train one model with this attention kind (softmax, softpick)")
+    which.add_argument("--attention", help="train one model with this attention kind (softmax, softpick, softmax1, "
+                                                   "rectified: qbench.attention.kinds)")
     which.add_argument("--pair", action="store_true", help="train OUT/softmax and OUT/softpick (same seed, "
                                                            "init, data order and recipe)")
     parser.add_argument("--out", help="output folder (the checkpoint; with --pair, the pair's folder)")

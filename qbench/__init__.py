@@ -2,6 +2,9 @@
 
 Importing qbench registers the model with transformers' Auto classes.
 """
-from . import model  # noqa: F401  (registers model_type "transformer")
+from .quant.formats import quiet_torchao_import
+
+quiet_torchao_import()  # transformers imports torchao (when installed) with qbench.model: no CPU-only noise
+from . import model  # noqa: E402, F401  (registers model_type "transformer")
 
 __version__ = "0.1.0"

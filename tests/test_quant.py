@@ -287,7 +287,7 @@ def test_versions_for_cell_keys():
     assert library_versions("bnb") == {"bitsandbytes": version("bitsandbytes")}
     assert library_versions("quanto") == {"optimum-quanto": version("optimum-quanto")}
     assert library_versions("w4a-gptq") == {}
-    assert library_versions("mxfp4") == library_versions("w4a-rtn-rot") == {"torchao": version("torchao")}
+    assert library_versions("mxfp4") == {} and library_versions("w4a-rtn-rot") == {"torchao": version("torchao")}
     assert set(code_versions("w4a-gptq")) == {"core", "gptq", "formats", "activation"}
     assert set(code_versions("kv")) == {"core", "formats", "attn"}
     assert set(code_versions("attn-p8")) == {"core", "attn"}

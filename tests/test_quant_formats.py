@@ -68,6 +68,33 @@ def test_nvfp4_hand_example():
     assert torch.equal(formats.nvfp4(x), t([pad(w1) + pad(w2) + pad(w3) + pad([])]))
 
 
+def _test_tensor(seed):
+    """Random blocks over many magnitudes, with zero blocks, exact grid values and ties."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(48, 128, generator=g) * torch.logspace(-3, 3, 48)[:, None]
+    x[3] = 0
+    x[5, :32] = torch.tensor([6.0, 5.0, 3.5, 2.5, 1.75, 1.25, 0.75, 0.25] * 4)
+    return x
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mxfp4_matches_torchao(seed):
+    mx = formats.torchao_module("torchao.prototype.mx_formats.mx_tensor")
+    cfg = formats.torchao_module("torchao.prototype.mx_formats.config")
+    x = _test_tensor(seed)
+    ref = mx.MXTensor.to_mx(x, torch.float4_e2m1fn_x2, 32, cfg.ScaleCalculationMode.FLOOR).dequantize(torch.float32)
+    assert torch.equal(formats.mxfp4(x), ref)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nvfp4_matches_torchao(seed):
+    nv = formats.torchao_module("torchao.prototype.mx_formats.nvfp4_tensor")
+    x = _test_tensor(seed)
+    g = nv.per_tensor_amax_to_scale(x.abs().amax())
+    ref = nv.NVFP4Tensor.to_nvfp4(x, 16, per_tensor_scale=g).dequantize(torch.float32)
+    assert torch.equal(formats.nvfp4(x), ref)
+
+
 def test_formats_keep_shape_and_grid_sizes():
     x = torch.randn(2, 3, 64, generator=torch.Generator().manual_seed(1))
     for fmt, levels in (("mxfp4", 15), ("nvfp4", 15)):

@@ -240,3 +240,38 @@ def test_weight_only_recipes_resolve_as_before_sections_existed():
     assert load_recipe("rtn").to_dict() == {
         "name": "rtn", "method": "rtn", "bits": [8, 4, 3, 2], "weight": {"group_size": 64, "symmetric": False},
         "layers": {"include": ["*_proj"], "exclude": ["lm_head"]}}
+
+
+def grid_points(sweep_file):
+    """(recipe name, bits, label) of every grid point of a sweep file, the axes as the sweep
+    expands them (bits x act_bits x kv_bits; see recipes/attention.yaml's header)."""
+    import itertools
+
+    import yaml
+
+    out = []
+    for entry in yaml.safe_load((RECIPES_DIR / sweep_file).read_text())["grid"]:
+        r = load_recipe(entry["recipe"])
+        axes = {k: entry[k] for k in ("act_bits", "kv_bits") if k in entry}
+        for bits in entry.get("bits", list(r.bits) or [None]):
+            for values in itertools.product(*axes.values()):
+                point = r.with_axes(**dict(zip(axes, values))) if axes else r
+                out.append((r.name, bits, point.label(bits)))
+    return out
+
+
+def test_attention_sweep_grid():
+    points = grid_points("attention.yaml")
+    assert len(points) == 24   # 48 cells on the pair, plus the 2 full-precision baselines
+    labels = {label for _, _, label in points}
+    assert len(labels) == len(points)   # every column label tells its point apart
+    assert {"KV8", "KV4", "KV2", "KVFP8", "KV4 sink4", "KV2 KcVt sink4", "P8", "P4", "P4 rowmax", "S4",
+            "W8A8", "W8A8 SQ", "W8A8 Rot", "W4A4", "W4A4 SQ", "W4A4 Rot", "FP8", "MXFP4", "NVFP4"} <= labels
+
+
+def test_full_sweep_keeps_its_points():
+    """The former w8a8-rtn, w8a4-rtn, w4a8-rtn, w4a4-rtn and w4a8-gptq files are act_bits points now."""
+    points = {(n, b, label) for n, b, label in grid_points("full.yaml")}
+    assert {("w8a-rtn", 8, "W8A8"), ("w8a-rtn", 8, "W8A4"), ("w4a-rtn", 4, "W4A8"), ("w4a-rtn", 4, "W4A4"),
+            ("w4a-gptq", 4, "W4A8"), ("quanto-w8a8", 8, "W8A8"), ("quanto-w8a8-fp8", 8, "W8AFP8")} <= points
+    assert len(points) == 24

@@ -55,12 +55,9 @@ class ActQuant:
 
 
 def check(model, names: list[str], recipe) -> None:
-    """Block formats need in_features divisible by their block (RecipeError before any work)
-    and torchao (MethodUnavailable)."""
+    """Block formats need in_features divisible by their block (RecipeError before any work)."""
     from .base import RecipeError
 
-    if recipe.activation.format in formats.TORCHAO_FORMATS:
-        formats.torchao_module("torchao.prototype.mx_formats.mx_tensor")
     block = formats.BLOCK.get(recipe.activation.format)
     if block is None:
         return

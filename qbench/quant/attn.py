@@ -97,7 +97,7 @@ class AttnQuant:
 
     def __init__(self, kv_cache, attention):
         self.kv_cache, self.attention = kv_cache, attention
-        self.needs_maps = attention is not None and (attention.probs_bits or attention.scores_bits) is not None
+        self.needs_maps = attention is not None   # (an attention section quantizes scores or probs)
         self.stats: dict[str, list[float]] | None = None   # name -> [sum |d|^2, sum |x|^2, calls]
 
     @property

@@ -343,9 +343,7 @@ def library_versions(recipe: Recipe | str | Path) -> dict[str, str]:
     cell key records it anyway)."""
     recipe = load_recipe(recipe)
     out = get_method(recipe.method).library_versions(recipe) if recipe.method else {}
-    uses_torchao = ((recipe.activation is not None and recipe.activation.format in formats.TORCHAO_FORMATS)
-                    or (recipe.transform is not None and recipe.transform.type == "rotation"))
-    if uses_torchao:
+    if recipe.transform is not None and recipe.transform.type == "rotation":   # its Hadamard matrices
         out["torchao"] = formats.torchao_version()
     return out
 

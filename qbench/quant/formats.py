@@ -14,14 +14,19 @@ FP8 E4M3 (torch.float8_e4m3fn: 4 exponent bits, 3 mantissa bits, largest value 4
 MXFP4 (OCP Microscaling v1.0): blocks of 32 consecutive values along the last dim, one E8M0
   (power of two) scale 2^(floor(log2 absmax) - 2) per block (2: the exponent of FP4's largest
   value 6 = 1.5 * 2^2), elements FP4 E2M1 (0, 0.5, 1, 1.5, 2, 3, 4, 6 and negatives), round to
-  nearest even, saturating at 6. Through torchao: MXTensor.to_mx(x, float4_e2m1fn_x2, 32,
-  ScaleCalculationMode.FLOOR).dequantize().
+  nearest even, saturating at 6 (torchao's MXTensor.to_mx(x, float4_e2m1fn_x2, 32,
+  ScaleCalculationMode.FLOOR), dequantized).
 NVFP4: blocks of 16 values along the last dim, one FP8 E4M3 scale per block on top of one FP32
-  scale per tensor g = absmax(x) / (448 * 6): block scale c = e4m3(absmax_block / 6 / g),
-  x_q = e2m1(x / (g * c)) * g * c. Through torchao: NVFP4Tensor.to_nvfp4(x, 16,
-  per_tensor_scale=g).dequantize() (its per_tensor_amax_to_scale gives g).
+  scale per tensor g = absmax(x) / (448 * 6): block scale c = e4m3(clamp(absmax_block / 6 / g,
+  2^-6, 448)), x_q = e2m1(clamp(x * ((1 / g) / c), -6, 6)) * (g * c) (torchao's
+  NVFP4Tensor.to_nvfp4(x, 16, per_tensor_scale=g), dequantized).
+MXFP4 and NVFP4 are written here in a few elementwise ops, bit-identical to torchao's (tested on
+hand-computed examples and against torchao on random tensors): torchao's tensors pack and
+unpack 4-bit codes on every call, about 100 times the cost of an int8 grid on the CPU, which made
+a cell with MXFP4 activations evaluate 8 times slower than full precision.
 torchao prints warnings when imported on a CPU-only machine (CUDA extensions it cannot load);
-torchao_module silences them (and quiet_torchao_import, called first at qbench import).
+torchao_module silences them (and quiet_torchao_import, called first at qbench import); qbench
+uses torchao for the Hadamard matrices of rotation.py.
 """
 from __future__ import annotations
 
@@ -36,11 +41,11 @@ from .base import LayerwiseMethod, Field, MethodUnavailable, register
 
 CODE_VERSION = "1"
 FP8_MAX = 448.0
+E4M3_TINY = torch.finfo(torch.float8_e4m3fn).tiny   # 2^-6, the smallest normal E4M3 value
 MX_BLOCK, NV_BLOCK = 32, 16
 BLOCK = {"mxfp4": MX_BLOCK, "nvfp4": NV_BLOCK}     # block length along the last dim
 WIDTH = {"fp8": 8, "mxfp4": 4, "nvfp4": 4}         # element bits of each float format
 LABEL = {"fp8": "FP8", "mxfp4": "MXFP4", "nvfp4": "NVFP4"}
-TORCHAO_FORMATS = ("mxfp4", "nvfp4")               # the formats computed through torchao
 
 
 @contextlib.contextmanager
@@ -106,24 +111,34 @@ def fp8_e4m3(x: torch.Tensor, dim=-1) -> torch.Tensor:
     return torch.clamp(x / s, -FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float() * s
 
 
+def e2m1(y: torch.Tensor) -> torch.Tensor:
+    """y (float32) rounded to FP4 E2M1 (0, 0.5, 1, 1.5, 2, 3, 4, 6 and negatives), to nearest,
+    ties to the even mantissa, saturating at 6: the grid's spacing is 0.5 below 2, 1 below 4 and
+    2 above, and even multiples of the spacing have an even mantissa."""
+    a = y.abs()
+    step = (a >= 2).float().add_((a >= 4).float()).exp2_().mul_(0.5)     # 0.5, 1 or 2 (in place: fast)
+    return a.div_(step).round_().mul_(step).clamp_(max=6.0).copysign_(y)
+
+
 def mxfp4(x: torch.Tensor) -> torch.Tensor:
-    mx = torchao_module("torchao.prototype.mx_formats.mx_tensor")
-    cfg = torchao_module("torchao.prototype.mx_formats.config")
     shape = x.shape
-    x2 = x.float().reshape(-1, shape[-1]).contiguous()
-    t = mx.MXTensor.to_mx(x2, torch.float4_e2m1fn_x2, MX_BLOCK, cfg.ScaleCalculationMode.FLOOR)
-    return t.dequantize(torch.float32).reshape(shape)
+    xb = x.float().reshape(-1, MX_BLOCK)
+    amax = xb.abs().amax(dim=-1, keepdim=True)
+    pow2 = ((amax.view(torch.int32) >> 23) & 0xFF) - 127          # floor(log2 absmax), from the exponent bits
+    e = (pow2 - 2).clamp(-127, 127)                                # E8M0 scale exponent
+    scale = ((e.clamp(min=-126) + 127) << 23).view(torch.float32)  # 2^e (at least 2^-126, as torchao)
+    return (e2m1(xb / scale) * torch.where(e < -126, scale * 0.5, scale)).reshape(shape)
 
 
 def nvfp4(x: torch.Tensor) -> torch.Tensor:
-    nv = torchao_module("torchao.prototype.mx_formats.nvfp4_tensor")
     shape = x.shape
-    x2 = x.float().reshape(-1, shape[-1]).contiguous()
-    g = nv.per_tensor_amax_to_scale(x2.abs().amax())
+    xb = x.float().reshape(-1, NV_BLOCK)
+    g = xb.abs().amax() / (FP8_MAX * 6.0)                          # the per-tensor FP32 scale
     if float(g) == 0:
         return torch.zeros(shape, dtype=torch.float32, device=x.device)
-    t = nv.NVFP4Tensor.to_nvfp4(x2, NV_BLOCK, per_tensor_scale=g)
-    return t.dequantize(torch.float32).reshape(shape)
+    block = xb.abs().amax(dim=-1, keepdim=True) / 6.0
+    c = torch.clamp(block / g, min=E4M3_TINY, max=FP8_MAX).to(torch.float8_e4m3fn).float()
+    return (e2m1(torch.clamp(xb * ((1.0 / g) / c), -6.0, 6.0)) * (g * c)).reshape(shape)
 
 
 def fake_quant_format(x: torch.Tensor, fmt: str, dim=-1) -> torch.Tensor:
@@ -136,16 +151,15 @@ def fake_quant_format(x: torch.Tensor, fmt: str, dim=-1) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- weight methods
 class FormatMethod(LayerwiseMethod):
-    """Weights fake-quantized in place on a float format's grid (stay nn.Linear)."""
+    """Weights fake-quantized in place on a float format's grid (stay nn.Linear); `name` is
+    the format."""
 
-    format: str
+    code_version = CODE_VERSION
+    group_size_field = "method"   # the block size is the format's, not a field
 
-    def check_available(self, recipe, device):
-        if self.format in TORCHAO_FORMATS:
-            torchao_module("torchao.prototype.mx_formats.mx_tensor")
-
-    def library_versions(self, recipe):
-        return {"torchao": torchao_version()} if self.format in TORCHAO_FORMATS else {}
+    @property
+    def format(self) -> str:
+        return self.name
 
     def weight_token(self, recipe, bits):
         return LABEL[self.format]
@@ -178,10 +192,7 @@ class FP8(FormatMethod):
     Bits per weight: 8 + 32 / (elements per scale)."""
 
     name = "fp8"
-    format = "fp8"
     bits = (8,)
-    code_version = CODE_VERSION
-    group_size_field = "method"
     weight_fields = {"granularity": Field(str, default="per_channel", choices=("per_channel", "per_tensor"),
                                           doc="one scale per output channel, or one per tensor")}
 
@@ -201,10 +212,7 @@ class MXFP4(FormatMethod):
     """MXFP4 weights: FP4 E2M1 in blocks of 32 input columns with an E8M0 scale (4.25 bits)."""
 
     name = "mxfp4"
-    format = "mxfp4"
     bits = (4,)
-    code_version = CODE_VERSION
-    group_size_field = "method"
 
     def bits_per_weight(self, module, recipe, bits):
         return 4 + 8 / MX_BLOCK
@@ -216,10 +224,7 @@ class NVFP4(FormatMethod):
     FP32 scale per tensor (4.5 bits and 32 per tensor)."""
 
     name = "nvfp4"
-    format = "nvfp4"
     bits = (4,)
-    code_version = CODE_VERSION
-    group_size_field = "method"
 
     def bits_per_weight(self, module, recipe, bits):
         return 4 + 8 / NV_BLOCK + 32 / module.weight.numel()

@@ -102,3 +102,9 @@ def test_formats_keep_shape_and_grid_sizes():
         assert q.shape == x.shape and 0 < float((q - x).norm() / x.norm()) < 0.2
         # within one block, at most 15 distinct values (FP4 E2M1: +-{0.5..6} and 0)
         assert len(torch.unique(q[0, 0, :16])) <= levels
+
+
+def test_all_zero_tensors_stay_zero():
+    z = torch.zeros(2, 64)
+    for fmt in ("fp8", "mxfp4", "nvfp4"):
+        assert torch.equal(formats.fake_quant_format(z, fmt), z), fmt

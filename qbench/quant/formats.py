@@ -133,9 +133,7 @@ def mxfp4(x: torch.Tensor) -> torch.Tensor:
 def nvfp4(x: torch.Tensor) -> torch.Tensor:
     shape = x.shape
     xb = x.float().reshape(-1, NV_BLOCK)
-    g = xb.abs().amax() / (FP8_MAX * 6.0)                          # the per-tensor FP32 scale
-    if float(g) == 0:
-        return torch.zeros(shape, dtype=torch.float32, device=x.device)
+    g = _nonzero(xb.abs().amax() / (FP8_MAX * 6.0))               # the per-tensor FP32 scale (no sync)
     block = xb.abs().amax(dim=-1, keepdim=True) / 6.0
     c = torch.clamp(block / g, min=E4M3_TINY, max=FP8_MAX).to(torch.float8_e4m3fn).float()
     return (e2m1(torch.clamp(xb * ((1.0 / g) / c), -6.0, 6.0)) * (g * c)).reshape(shape)

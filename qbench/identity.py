@@ -50,17 +50,27 @@ COMMON = {
                    "lm-eval integration and the fast scorer"),
     "cell": Area("1", ("sweep/compute.py",), "one cell's computation: copy, quantize, evaluate"),
 }
-# Areas of the quantization recipes; a recipe uses quant.core and the areas of its methods.
+# Areas of the quantization recipes: a recipe uses quant.core, its weight method's area, one per
+# section it has (activation, kv_cache, attention, the transform's type) and calibration if it calibrates.
 QUANT = {
-    "quant.core": Area("2", ("quant/core.py", "quant/base.py"),
-                       "layer selection, measurement and the calibration-forward helpers"),
+    "quant.core": Area("3", ("quant/core.py", "quant/base.py"),
+                       "stages, layer selection, measurement, probe batch and calibration-forward helpers"),
     "calibration": Area("1", ("quant/calib.py",), "calibration batches from held-out text"),
     "quant.rtn": Area("1", ("quant/rtn.py",), "round-to-nearest grid"),
     "quant.gptq": Area("1", ("quant/gptq.py", "quant/rtn.py"), "GPTQ (on rtn's grid)"),
     "quant.hqq": Area("1", ("quant/hqq.py",), "HQQ through the hqq library"),
     "quant.bnb": Area("1", ("quant/bnb.py",), "bitsandbytes"),
-    "quant.quanto": Area("1", ("quant/quanto.py",), "optimum-quanto"),
-    "quant.act": Area("1", ("quant/act.py", "quant/rtn.py"), "activation fake quantization"),
+    "quant.quanto": Area("2", ("quant/quanto.py",), "optimum-quanto (weights, static activations)"),
+    "quant.fp8": Area("1", ("quant/formats.py",), "FP8 E4M3 weights"),
+    "quant.mxfp4": Area("1", ("quant/formats.py",), "MXFP4 weights (blocks of 32, E8M0 scales)"),
+    "quant.nvfp4": Area("1", ("quant/formats.py",), "NVFP4 weights (blocks of 16, E4M3 + FP32 scales)"),
+    "quant.activation": Area("1", ("quant/activation.py", "quant/formats.py", "quant/rtn.py"),
+                             "dynamic activation fake quantization"),
+    "quant.kv_cache": Area("1", ("quant/attn.py", "quant/formats.py"), "K/V fake quantization as attention reads them"),
+    "quant.attention": Area("1", ("quant/attn.py", "quant/formats.py"), "attention score / probability quantization"),
+    "quant.smoothquant": Area("1", ("quant/smoothquant.py", "quant/layout.py"), "SmoothQuant scale migration"),
+    "quant.rotation": Area("1", ("quant/rotation.py", "quant/layout.py", "quant/formats.py"),
+                           "QuaRot-style Hadamard rotation"),
 }
 AREAS = {**COMMON, **QUANT}
 
@@ -85,15 +95,15 @@ def areas_of_recipe(recipe: dict | None) -> list[str]:
     """The quant areas a resolved recipe (Recipe.to_dict()) runs through."""
     if recipe is None:
         return []
-    methods = [recipe["method"]]
-    if recipe["method"] == "act":
-        methods.append(recipe["weight"]["method"])
-    names = ["quant.core"] + [f"quant.{m}" for m in methods]
-    if "calib" in recipe:
+    names = ["quant.core"] + ([f"quant.{recipe['method']}"] if recipe.get("method") else [])
+    names += [f"quant.{section}" for section in ("activation", "kv_cache", "attention") if recipe.get(section)]
+    if recipe.get("transform"):
+        names.append(f"quant.{recipe['transform']['type']}")
+    if recipe.get("calib"):
         names.append("calibration")
     missing = [n for n in names if n not in AREAS]
     if missing:
-        raise QBenchError(f"quantization method(s) {missing} have no identity area: add one to qbench/identity.py")
+        raise QBenchError(f"quantization step(s) {missing} have no identity area: add one to qbench/identity.py")
     return names
 
 

@@ -35,8 +35,8 @@ def test_a_code_change_without_a_bump_is_caught(package_copy):
     rtn = package_copy / "quant" / "rtn.py"
     rtn.write_text(rtn.read_text().replace("torch.round(w.float() / scale)", "torch.floor(w.float() / scale)"))
     problems = identity.lock_problems()
-    # rtn's grid is used by rtn, gptq and act: all three areas must move
-    assert sorted(p.split("'")[1] for p in problems) == ["quant.act", "quant.gptq", "quant.rtn"], problems
+    # rtn's grid is used by rtn, gptq and activation quantization: all three areas must move
+    assert sorted(p.split("'")[1] for p in problems) == ["quant.activation", "quant.gptq", "quant.rtn"], problems
     assert all("did not" in p for p in problems)
 
 

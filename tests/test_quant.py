@@ -1,5 +1,6 @@
-"""qbench.quant: every recipe at every width it supports acts on a tiny random model, errors
-grow as bits shrink, and a quantizer that does nothing is an error, never a result."""
+"""qbench.quant: every recipe at every width it supports (and every activation / KV width a
+sweep varies as an axis) acts on a tiny random model, errors grow as bits shrink, and a
+quantizer that does nothing is an error, never a result."""
 import copy
 import functools
 import json
@@ -10,6 +11,7 @@ import torch
 from qbench.model import new_model
 from qbench.quant import (MethodUnavailable, QuantizerDidNothing, available_recipes, get_method,
                           load_recipe, methods, quantize)
+from quant_cases import case_id, cases, recipe_at
 
 TINY = dict(hidden_size=128, num_hidden_layers=2, num_heads=4, num_kv_heads=2, vocab_size=256,
             max_position_embeddings=128)   # MLP 512 wide: every recipe's group size divides
@@ -32,18 +34,19 @@ def inputs():
     return ids, calib, ref
 
 
-def recipe_for_tests(name):
-    """The recipe as shipped, with a small calibration batch where it calibrates."""
-    r = load_recipe(name)
+def recipe_for_tests(name, axes=()):
+    """The recipe as shipped (at the given sweep axes), with a small calibration batch where it
+    calibrates."""
+    r = recipe_at(name, dict(axes))
     return r.replace(calib=dict(CALIB)) if r.calib is not None else r
 
 
 @functools.lru_cache(maxsize=None)
-def run(name, bits):
+def run(name, bits, axes=()):
     """(report, relative logit difference, quantized model) or the MethodUnavailable."""
     ids, calib, ref = inputs()
     model = copy.deepcopy(base_model())
-    r = recipe_for_tests(name)
+    r = recipe_for_tests(name, axes)
     try:
         report = quantize(model, r, bits, calib if r.calib is not None else None)
     except MethodUnavailable as e:
@@ -54,14 +57,24 @@ def run(name, bits):
     return report, float((logits - ref).norm() / ref.norm()), model
 
 
-def get(name, bits):
-    out = run(name, bits)
+def get(name, bits, **axes):
+    out = run(name, bits, tuple(sorted(axes.items())))
     if isinstance(out, MethodUnavailable):
         pytest.skip(f"{name}: {out}")
     return out
 
 
-CELLS = [(n, b) for n in available_recipes() for b in load_recipe(n).bits]
+CELLS = cases()
+
+
+def bits_per_weight_bounds(recipe, bits, in_features=128, out_features=128):
+    """What a recipe's storage can cost per weight: the width packed into 32-bit words (3-bit:
+    10 per word, 3.2 bits), at most a 32-bit scale and a 32-bit zero per group (the method's
+    group size; bnb's block; else a whole row of the narrowest layer), and at most one 32-bit
+    index per input column (gptq act_order)."""
+    g = get_method(recipe.method).group_size(recipe, bits) or recipe.weight.get("blocksize") or in_features
+    packed = 32 / (32 // bits)
+    return bits, packed + 2 * 32 / g + 32 / out_features
 
 
 def test_recipes_cover_every_method_and_the_paper_grid():
@@ -69,30 +82,62 @@ def test_recipes_cover_every_method_and_the_paper_grid():
     for n in available_recipes():
         r = load_recipe(n)
         by_method.setdefault(r.method, set()).update(r.bits)
-    assert set(by_method) == set(methods())   # every registered method ships a recipe
-    assert set(methods()) >= {"rtn", "hqq", "gptq", "bnb", "quanto", "act"}
+    assert set(by_method) - {None} == set(methods())   # every registered method ships a recipe
+    assert set(methods()) >= {"rtn", "hqq", "gptq", "bnb", "quanto", "fp8", "mxfp4", "nvfp4"}
     assert {8, 4, 3, 2} <= by_method["hqq"] and {8, 4, 3, 2} <= by_method["gptq"]
     assert {8, 4} <= by_method["bnb"]
-    assert {"w8a8-rtn", "w4a8-rtn", "w4a4-rtn"} <= set(available_recipes())
+    assert {"w8a-rtn", "w4a-rtn", "w4a-gptq", "kv", "kv-sink", "kv-kivi", "attn-p8", "attn-p4",
+            "w4a-rtn-sq", "w4a-rtn-rot", "fp8", "mxfp4", "nvfp4"} <= set(available_recipes())
 
 
-@pytest.mark.parametrize("name,bits", CELLS, ids=[f"{n}-{b}bit" for n, b in CELLS])
-def test_recipe_quantizes_and_model_runs(name, bits):
-    report, logit_diff, model = get(name, bits)
+@pytest.mark.parametrize("name,bits,axes", CELLS, ids=[case_id(*c) for c in CELLS])
+def test_recipe_quantizes_and_model_runs(name, bits, axes):
+    report, logit_diff, model = get(name, bits, **axes)
+    recipe = recipe_at(name, axes)
     assert logit_diff > 1e-4, "logits equal full precision"
-    assert report.layers_quantized == N_LINEAR_IN_BLOCKS
     assert report.linear_layers_total == N_LINEAR_IN_BLOCKS + 1
-    assert report.skipped == ["lm_head"]
-    assert all(lr.weight_error > 1e-6 for lr in report.layers)
-    assert bits <= report.bits_per_weight <= bits + 1.5, report.bits_per_weight
-    assert 0 < report.weight_error < 1.5
-    # lm_head and embeddings untouched
-    base = base_model()
-    assert torch.equal(model.lm_head.weight, base.lm_head.weight)
-    assert torch.equal(model.model.embeddings.weight, base.model.embeddings.weight)
+    if recipe.method is not None:
+        assert report.layers_quantized == N_LINEAR_IN_BLOCKS
+        assert report.skipped == ["lm_head"]
+        assert all(lr.weight_error > 1e-6 for lr in report.layers)
+        lo, hi = bits_per_weight_bounds(recipe, bits)
+        assert lo <= report.bits_per_weight <= hi, (report.bits_per_weight, hi)
+        assert 0 < report.weight_error < 1.5
+    else:
+        assert report.layers_quantized == 0 and report.weight_error is None and report.bits is None
+    if recipe.transform is None:   # lm_head and embeddings untouched (a rotation rotates them)
+        base = base_model()
+        assert torch.equal(model.lm_head.weight, base.lm_head.weight)
+        assert torch.equal(model.model.embeddings.weight, base.model.embeddings.weight)
+    else:
+        assert report.extra["transform"]["logit_change"] < 1e-5   # full precision unchanged
+    # every run-time quantizer proved it acted, layer by layer
+    if recipe.activation is not None:
+        act = report.extra["activation"]
+        assert act["error"] > 0 and len(act["layers"]) == N_LINEAR_IN_BLOCKS
+    if recipe.kv_cache is not None:
+        kv = report.extra["kv_cache"]
+        assert kv["k_error"] > 0 and kv["v_error"] > 0 and len(kv["layers"]) == TINY["num_hidden_layers"]
+    if recipe.attention is not None:
+        at = report.extra["attention"]
+        assert at["backends"] == ["softmax:maps"]
+        assert all(at[f"{t}_error"] > 0 for t in ("scores", "probs") if getattr(recipe.attention, f"{t}_bits"))
     d = report.to_dict()
     json.dumps(d)
-    assert d["method"] == load_recipe(name).method and d["bits"] == bits and len(d["layers"]) == 14
+    assert d["method"] == recipe.method and d["bits"] == bits and d["label"] == recipe.label(bits)
+    assert len(d["layers"]) == (14 if recipe.method else 0)
+
+
+def test_bits_per_weight_bound_follows_the_recipe():
+    """Issue 13: HQQ with groups of 32 stores 6 bits per 4-bit weight (fp32 scale and zero per
+    32 weights): valid, and within the bound derived from the recipe."""
+    r = load_recipe("hqq").replace(weight={"group_size": 32})
+    try:
+        report = quantize(copy.deepcopy(base_model()), r, 4)
+    except MethodUnavailable as e:
+        pytest.skip(str(e))
+    lo, hi = bits_per_weight_bounds(r, 4)
+    assert report.bits_per_weight == pytest.approx(6.0) and lo <= report.bits_per_weight <= hi
 
 
 MULTI = [n for n in available_recipes() if len(load_recipe(n).bits) > 1]
@@ -108,17 +153,51 @@ def test_error_grows_as_bits_shrink(name):
     assert all(a < b for a, b in zip(l_err, l_err[1:])), dict(zip(widths, l_err))
 
 
+KV_RECIPES = [n for n in available_recipes() if load_recipe(n).kv_cache is not None]
+
+
+@pytest.mark.parametrize("name", KV_RECIPES)
+def test_kv_error_grows_as_kv_bits_shrink(name):
+    results = [get(name, None, kv_bits=b) for b in (8, 4, 2)]
+    for t in ("k_error", "v_error"):
+        errs = [r[0].extra["kv_cache"][t] for r in results]
+        assert errs[0] < errs[1] < errs[2], errs
+    diffs = [r[1] for r in results]
+    assert diffs[0] < diffs[1] < diffs[2], diffs
+
+
+def test_attention_map_error_grows_as_bits_shrink():
+    for what in ("p", "s"):
+        (r8, d8, _), (r4, d4, _) = get(f"attn-{what}8", None), get(f"attn-{what}4", None)
+        key = {"p": "probs_error", "s": "scores_error"}[what]
+        assert r8.extra["attention"][key] < r4.extra["attention"][key] and d8 < d4
+
+
 def test_activation_error_grows_as_activation_bits_shrink():
-    lw8a8, lw4a8, lw4a4, lw8a4 = (get(n, b)[1] for n, b in
-                                  [("w8a8-rtn", 8), ("w4a8-rtn", 4), ("w4a4-rtn", 4), ("w8a4-rtn", 8)])
+    lw8a8, lw4a8, lw4a4, lw8a4 = (get(n, b, act_bits=a)[1] for n, b, a in
+                                  [("w8a-rtn", 8, 8), ("w4a-rtn", 4, 8), ("w4a-rtn", 4, 4), ("w8a-rtn", 8, 4)])
     assert lw8a8 < lw4a8 < lw4a4
     assert lw8a8 < lw8a4
-    a8 = get("w8a8-rtn", 8)[0].extra["activation"]
-    a4 = get("w8a4-rtn", 8)[0].extra["activation"]
+    w8a8, w8a4 = get("w8a-rtn", 8, act_bits=8)[0], get("w8a-rtn", 8, act_bits=4)[0]
+    a8, a4 = w8a8.extra["activation"], w8a4.extra["activation"]
     assert 0 < a8["error"] < a4["error"]
-    assert set(a8["layers"]) == {lr.name for lr in get("w8a8-rtn", 8)[0].layers}
+    assert set(a8["layers"]) == {lr.name for lr in w8a8.layers}
     # same weights (per-channel symmetric 8-bit RTN): only the activations differ
-    assert get("w8a8-rtn", 8)[0].weight_error == pytest.approx(get("w8a4-rtn", 8)[0].weight_error)
+    assert w8a8.weight_error == w8a4.weight_error
+    assert (w8a8.label, w8a4.label) == ("W8A8", "W8A4")
+
+
+def test_activation_quantization_without_weight_quantization():
+    r = load_recipe("w8a-rtn").replace(method=None, bits=[], weight={})
+    report = quantize(copy.deepcopy(base_model()), r, None)
+    assert report.label == "A8" and report.layers_quantized == 0
+    assert report.extra["activation"]["error"] > 0 and len(report.extra["activation"]["layers"]) == 14
+
+
+def test_outlier_controls_change_the_activation_error():
+    """SmoothQuant and the rotation act: the same W4A4 recipe gives different activation errors."""
+    errs = {n: get(n, 4, act_bits=4)[0].extra["activation"]["error"] for n in ("w4a-rtn", "w4a-rtn-sq", "w4a-rtn-rot")}
+    assert len(set(errs.values())) == 3, errs
 
 
 def test_weight_methods_comparable_at_4_bits():
@@ -170,11 +249,21 @@ def test_one_layer_left_unchanged_raises(monkeypatch):
 
 
 def test_activation_quantizer_doing_nothing_raises(monkeypatch):
-    import qbench.quant.act as act
+    import qbench.quant.activation as activation
 
-    monkeypatch.setattr(act, "fake_quant_act", lambda x, *a, **k: x)
+    monkeypatch.setattr(activation, "fake_quant_act", lambda x, *a, **k: x)
     with pytest.raises(QuantizerDidNothing, match="activation"):
-        quantize(copy.deepcopy(base_model()), "w8a8-rtn", 8)
+        quantize(copy.deepcopy(base_model()), "w8a-rtn", 8)
+
+
+@pytest.mark.parametrize("recipe,target", [("kv", "kv_fake_quant"), ("attn-p8", "probs_fake_quant"),
+                                           ("attn-s8", "scores_fake_quant")])
+def test_attention_side_quantizer_doing_nothing_raises(monkeypatch, recipe, target):
+    import qbench.quant.attn as attn
+
+    monkeypatch.setattr(attn, target, lambda x, *a, **k: x.float())
+    with pytest.raises(QuantizerDidNothing, match="changed nothing"):
+        quantize(copy.deepcopy(base_model()), recipe, None)
 
 
 def test_quantizing_twice_with_a_library_method_raises():
@@ -197,9 +286,13 @@ def test_versions_for_cell_keys():
     assert library_versions("hqq") == {"hqq": version("hqq")}
     assert library_versions("bnb") == {"bitsandbytes": version("bitsandbytes")}
     assert library_versions("quanto") == {"optimum-quanto": version("optimum-quanto")}
-    assert library_versions("w4a8-gptq") == {}
-    cv = code_versions("w4a8-gptq")
-    assert set(cv) == {"core", "act", "gptq"}
+    assert library_versions("w4a-gptq") == {}
+    assert library_versions("mxfp4") == {} and library_versions("w4a-rtn-rot") == {"torchao": version("torchao")}
+    assert set(code_versions("w4a-gptq")) == {"core", "gptq", "formats", "activation"}
+    assert set(code_versions("kv")) == {"core", "formats", "attn"}
+    assert set(code_versions("attn-p8")) == {"core", "attn"}
+    assert set(code_versions("w8a-rtn-sq")) == {"core", "rtn", "formats", "activation", "smoothquant"}
+    assert code_versions("rtn") == {"core": "1", "rtn": "1"}   # weight-only: as before sections existed
     assert get("rtn", 4)[0].code_versions == code_versions("rtn")
 
 

@@ -157,7 +157,7 @@ def test_gptq_on_a_model_without_blocks_and_on_a_transformers_llama():
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     llama = transformers.LlamaForCausalLM(cfg).eval()
     ref = llama(calib[:2]).logits
-    w4a4 = load_recipe("w4a4-rtn")
+    w4a4 = load_recipe("w4a-rtn").with_axes(act_bits=4)
     w4a4 = w4a4.replace(weight={**w4a4.weight, "group_size": 64})   # the layers are 64 wide
     for recipe, data in ((_recipe("gptq", 4), calib), (w4a4, None)):
         m = copy.deepcopy(llama)

@@ -1,5 +1,6 @@
-"""qbench.quant on CUDA (skipped without it): every recipe at every width on a small bf16 model,
-and the time each method takes on a paper-size (340M-shaped) model.
+"""qbench.quant on CUDA (skipped without it): every recipe at every width (and every activation /
+KV width a sweep varies as an axis) on a small bf16 model, for both attention kinds, and the
+time each method takes on a paper-size (340M-shaped) model.
 
 Run `python tests/test_quant_gpu.py` on a GPU machine to print a JSON timing table.
 """
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from qbench.model import new_model
-from qbench.quant import MethodUnavailable, available_recipes, load_recipe, quantize
+from qbench.quant import MethodUnavailable, quantize
+from quant_cases import case_id, cases, recipe_at
 
 HAS_CUDA = torch.cuda.is_available()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")]
@@ -31,9 +33,9 @@ def _calib(recipe, vocab, samples=None, seq_len=None):
     return recipe, torch.randint(0, vocab, (c["samples"], c["seq_len"]), generator=g)
 
 
-def _run(config, name, bits, kind="softmax", samples=None, seq_len=None, dtype=torch.bfloat16):
+def _run(config, name, bits, kind="softmax", samples=None, seq_len=None, dtype=torch.bfloat16, axes=None):
     model = new_model(kind, seed=0, **config).to("cuda", dtype)
-    recipe, calib = _calib(load_recipe(name), config["vocab_size"], samples, seq_len)
+    recipe, calib = _calib(recipe_at(name, axes or {}), config["vocab_size"], samples, seq_len)
     ids = torch.randint(0, config["vocab_size"], (2, 128), generator=torch.Generator().manual_seed(1)).cuda()
     with torch.no_grad():
         ref = model(ids).logits.float()
@@ -48,22 +50,38 @@ def _run(config, name, bits, kind="softmax", samples=None, seq_len=None, dtype=t
     return report, float((out - ref).norm() / ref.norm()), seconds
 
 
-CELLS = [(n, b) for n in available_recipes() for b in load_recipe(n).bits]
+CELLS = cases()
 
 
-@pytest.mark.parametrize("name,bits", CELLS, ids=[f"{n}-{b}bit" for n, b in CELLS])
-def test_every_recipe_on_cuda(name, bits):
+@pytest.mark.parametrize("kind", ["softmax", "softpick"])
+@pytest.mark.parametrize("name,bits,axes", CELLS, ids=[case_id(*c) for c in CELLS])
+def test_every_recipe_on_cuda(name, bits, axes, kind):
     try:
-        report, diff, _ = _run(SMALL, name, bits, samples=16, seq_len=128)
+        report, diff, _ = _run(SMALL, name, bits, kind=kind, samples=16, seq_len=128, axes=axes)
     except MethodUnavailable as e:
         pytest.skip(str(e))
-    assert diff > 1e-4 and report.layers_quantized == 14
-    assert all(lr.weight_error > 1e-6 for lr in report.layers)
+    recipe = recipe_at(name, axes)
+    assert diff > 1e-4
+    if recipe.method is not None:
+        assert report.layers_quantized == 14
+        assert all(lr.weight_error > 1e-6 for lr in report.layers)
+    if recipe.transform is not None:
+        assert report.extra["transform"]["logit_change"] < 0.05   # bf16 rounding of the rotated weights
+    if recipe.activation is not None:
+        assert report.extra["activation"]["error"] > 0
+    if recipe.kv_cache is not None:
+        kv = report.extra["kv_cache"]
+        assert kv["k_error"] > 0 and kv["v_error"] > 0
+        # K and V are quantized before the path is chosen: softpick keeps its kernel
+        assert kv["backends"] == ["softmax:sdpa" if kind == "softmax" else "softpick:triton"]
+    if recipe.attention is not None:
+        assert report.extra["attention"]["backends"] == [f"{kind}:maps"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,bits", [("rtn", 4), ("hqq", 4), ("gptq", 4), ("bnb", 4), ("bnb", 8),
-                                       ("quanto", 4), ("w4a8-rtn", 4), ("quanto-w8a8", 8)])
+                                       ("quanto", 4), ("w4a-rtn", 4), ("quanto-w8a8", 8), ("w4a-rtn-sq", 4),
+                                       ("w4a-rtn-rot", 4), ("mxfp4", 4), ("nvfp4", 4), ("fp8", 8)])
 def test_paper_size_model_quantizes_in_reasonable_time(name, bits):
     """The shipped recipe (gptq and quanto-w8a8 with their full 128 x 512 calibration batch)."""
     report, diff, seconds = _run(PAPER_340M, name, bits)
@@ -74,12 +92,13 @@ def test_paper_size_model_quantizes_in_reasonable_time(name, bits):
 
 if __name__ == "__main__":
     rows = []
-    for name, bits in [(n, b) for n in available_recipes() for b in load_recipe(n).bits]:
+    for name, bits, axes in cases():
         try:
-            report, diff, seconds = _run(PAPER_340M, name, bits)
-            rows.append({"recipe": name, "bits": bits, "seconds": round(seconds, 2), "logit_diff": diff,
-                         "weight_error": report.weight_error, "bits_per_weight": report.bits_per_weight})
+            report, diff, seconds = _run(PAPER_340M, name, bits, axes=axes)
+            rows.append({"recipe": name, "bits": bits, **axes, "label": report.label, "seconds": round(seconds, 2),
+                         "logit_diff": diff, "weight_error": report.weight_error,
+                         "bits_per_weight": report.bits_per_weight})
         except Exception as e:  # report, keep going
-            rows.append({"recipe": name, "bits": bits, "error": f"{type(e).__name__}: {e}"})
+            rows.append({"recipe": name, "bits": bits, **axes, "error": f"{type(e).__name__}: {e}"})
         print(json.dumps(rows[-1]), flush=True)
         torch.cuda.empty_cache()

@@ -31,7 +31,8 @@ def keys_of(path, **kw):
 
 # ----------------------------------------------------------------------------- expansion and keys
 def test_grid_expansion(tiny_pair, tmp_path):
-    path = write_sweep(tmp_path, tiny_pair, [{"recipe": "rtn", "bits": [8, 2]}, {"recipe": "w8a8-rtn"}])
+    path = write_sweep(tmp_path, tiny_pair, [{"recipe": "rtn", "bits": [8, 2]}, {"recipe": "w8a-rtn", "act_bits": [8, 4]},
+                                             {"recipe": "kv", "kv_bits": [4, "fp8"]}])
     sweep = load_sweep(path, check_store=False)
     assert [(a.name, a.attention) for a in sweep.arms] == [("softmax", "softmax"), ("softpick", "softpick")]
     assert sweep.baseline == "softmax" and sweep.compare == "arms"
@@ -40,12 +41,16 @@ def test_grid_expansion(tiny_pair, tmp_path):
     assert got == [("softmax", "fp", None, "FP"), ("softpick", "fp", None, "FP"),
                    ("softmax", "rtn", 2, "2-bit"), ("softpick", "rtn", 2, "2-bit"),
                    ("softmax", "rtn", 8, "8-bit"), ("softpick", "rtn", 8, "8-bit"),
-                   ("softmax", "w8a8-rtn", 8, "W8A8"), ("softpick", "w8a8-rtn", 8, "W8A8")]
+                   ("softmax", "w8a-rtn", 8, "W8A8"), ("softpick", "w8a-rtn", 8, "W8A8"),
+                   ("softmax", "w8a-rtn", 8, "W8A4"), ("softpick", "w8a-rtn", 8, "W8A4"),
+                   ("softmax", "kv", None, "KV4"), ("softpick", "kv", None, "KV4"),
+                   ("softmax", "kv", None, "KVFP8"), ("softpick", "kv", None, "KVFP8")]
     assert len({c.key for c in cells}) == len(cells)
     c = cells[2]
     assert c.tasks == TASKS and c.limit == 3 and c.identity["recipe"]["weight"]["group_size"] == 64
     assert c.identity["versions"]["torch"] and c.identity["code"]["quant.rtn"] and c.identity["code"]["scorer"]
     assert "quant.rtn" not in cells[0].identity["code"]          # a baseline runs no quantizer
+    assert cells[-1].identity["code"].keys() >= {"quant.core", "quant.kv_cache"} and "quant.rtn" not in cells[-1].identity["code"]
     assert c.identity["eval"]["task_data"]["qb_arc_easy"]
     assert c.identity["device"] == {"type": "cpu"} and c.identity["dtype"] == "float32"
     assert c.identity["runtime"]["QBENCH_SOFTPICK_KERNEL"] == "1"

@@ -111,9 +111,8 @@ class Method:
     libraries: ClassVar[tuple[str, ...]] = () # distributions whose versions go into cell keys
     imports: ClassVar[tuple[str, ...]] = ()   # modules that must import for the method to run
     weight_fields: ClassVar[dict[str, Field]] = {}
-    activation_fields: ClassVar[dict[str, Field] | None] = None  # None: no `activation:` section
-    activation_required: ClassVar[bool] = False
     uses_calib: ClassVar[bool] = False
+    group_size_field: ClassVar[str] = "weight.group_size"   # the field a group-size error names
 
     # ---- recipe hooks
     def weight_schema(self, raw_weight: dict, source: str) -> dict[str, Field]:
@@ -123,10 +122,6 @@ class Method:
     def supported_bits(self, weight: dict) -> tuple[int, ...]:
         """Widths a recipe with this `weight:` section may list."""
         return self.bits
-
-    def default_bits(self, weight: dict) -> tuple[int, ...] | None:
-        """`bits` when the recipe leaves it out; None: the field is required."""
-        return None
 
     def needs_calib(self, recipe) -> bool:
         """Whether quantization with this recipe needs a calibration batch."""
@@ -138,6 +133,15 @@ class Method:
     def group_size(self, recipe, bits: int) -> int | None:
         """Group size along in_features the method will use (checked against the model)."""
         return recipe.weight.get("group_size")
+
+    def weight_token(self, recipe, bits: int) -> str:
+        """The weight part of the table label: the width ("4"), or a format name ("MXFP4")."""
+        return str(bits)
+
+    def activation_token(self, recipe) -> str | None:
+        """The activation part of the label when the method quantizes activations itself
+        (quanto's static int8/float8), else None."""
+        return None
 
     def library_versions(self, recipe) -> dict[str, str]:
         return {lib: _dist_version(lib) for lib in self.libraries}
@@ -175,7 +179,7 @@ class Method:
 
     def after(self, model: nn.Module, names: list[str], recipe, bits: int,
               calib: torch.Tensor | None) -> dict:
-        """Checks after the weights were measured (e.g. that activation quantizers fire).
+        """Checks after the weights were measured (e.g. quanto's calibrated input scales).
         Returns extra report entries."""
         return {}
 
@@ -274,6 +278,58 @@ def eval_mode(model: nn.Module):
         yield model
     finally:
         model.train(was_training)
+
+
+def probe_batch(model: nn.Module, calib: torch.Tensor | None) -> tuple[torch.Tensor | None, str]:
+    """(token ids, description) of the forward pass that measures the run-time quantizers
+    (activations, KV cache, attention maps): the first calibration samples, else random tokens."""
+    if calib is not None:
+        return calib[:4], "calib[:4]"
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab:
+        g = torch.Generator().manual_seed(0)
+        return torch.randint(0, vocab, (2, 64), generator=g), "random tokens [2, 64], seed 0"
+    return None, "none (no calibration batch and no config.vocab_size): errors not measured"
+
+
+def logits_of(out) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, (tuple, list)) else out)
+
+
+class InputChain:
+    """A forward pre-hook applying functions in order to a module's first input: run-time
+    input transforms (rotation.py's online Hadamard, activation.py's quantizer). It lives in
+    the module's `qbench_input` attribute and follows the layer when a weight method replaces
+    the module (carry_input_chain), so a method sees the same inputs the model computes with."""
+
+    def __init__(self):
+        self.fns: list = []
+
+    def __call__(self, module, args):
+        if not args:
+            return None
+        x = args[0]
+        for fn in self.fns:
+            x = fn(x)
+        return (x, *args[1:])
+
+
+def input_chain(module: nn.Module) -> InputChain:
+    """The module's InputChain (installed on first use)."""
+    chain = module.__dict__.get("qbench_input")
+    if chain is None:
+        chain = InputChain()
+        module.qbench_input = chain
+        module.register_forward_pre_hook(chain)
+    return chain
+
+
+def carry_input_chain(old: nn.Module, new: nn.Module) -> None:
+    """Re-installs `old`'s InputChain on `new` (the module a weight method put in its place)."""
+    chain = old.__dict__.get("qbench_input")
+    if chain is not None and new is not old and new.__dict__.get("qbench_input") is not chain:
+        new.qbench_input = chain
+        new.register_forward_pre_hook(chain)
 
 
 def storage_bits(*tensors) -> int:

@@ -1,8 +1,10 @@
 """quanto: optimum-quanto. Weights int8 (per output channel, absmax), int4 / int2 (per group,
-asymmetric min/max with a float shift); optionally activations int8 or float8 (e4m3) with
-static scales from quanto's Calibration() pass over the calibration batch (inputs and
-outputs of each quantized linear; quanto "streamlines" away output quantization that feeds
-no quantized module). Without an `activation:` section it is weight-only and uses no data.
+asymmetric min/max with a float shift); optionally (`weight.activations: int8 | float8`)
+quanto's own static activation quantizers, int8 or float8 (e4m3), with scales from quanto's
+Calibration() pass over the calibration batch (inputs and outputs of each quantized linear;
+quanto "streamlines" away output quantization that feeds no quantized module). With
+`activations: null` it is weight-only and uses no data (the recipe's generic `activation:`
+section, qbench's dynamic quantizer, works with it like with any weight method).
 
 group_size: null keeps quanto's own choice (128, lowered by 32 until it divides in_features,
 else per channel); an integer overrides it for int4/int2 (int8 is always per channel).
@@ -12,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Field, Method, QuantError, calibration_batches, eval_mode, forward, register, storage_bits
+from .base import (Field, Method, QuantError, RecipeError, calibration_batches, eval_mode, forward, register,
+                   storage_bits)
 
 CODE_VERSION = "1"
 
@@ -27,13 +30,20 @@ class Quanto(Method):
     weight_fields = {
         "group_size": Field(int, default=None, nullable=True, min=1,
                             doc="int4/int2 group size; null = quanto's default"),
-    }
-    activation_fields = {
-        "dtype": Field(str, choices=("int8", "float8"), doc="activation type (static scales)"),
+        "activations": Field(str, default=None, nullable=True, choices=("int8", "float8"),
+                             doc="quanto's static activation quantizers (calibrated); null = none"),
     }
 
     def needs_calib(self, recipe):
-        return recipe.activation is not None
+        return recipe.weight["activations"] is not None
+
+    def validate(self, recipe):
+        if recipe.weight["activations"] is not None and recipe.activation is not None:
+            raise RecipeError(recipe.source, "activation", "quanto quantizes the activations itself here "
+                              "(weight.activations); remove one of the two")
+
+    def activation_token(self, recipe):
+        return {"int8": "8", "float8": "FP8", None: None}[recipe.weight["activations"]]
 
     def group_size(self, recipe, bits):
         return recipe.weight["group_size"] if bits in (4, 2) else None
@@ -44,8 +54,8 @@ class Quanto(Method):
 
         wq = {8: qint8, 4: qint4, 2: qint2}[bits]
         aq = None
-        if recipe.activation is not None:
-            aq = {"int8": qint8, "float8": qfloat8}[recipe.activation["dtype"]]
+        if recipe.weight["activations"] is not None:
+            aq = {"int8": qint8, "float8": qfloat8}[recipe.weight["activations"]]
         quantize(model, weights=wq, activations=aq, include=list(names))
         gs = recipe.weight["group_size"]
         if gs is not None and bits in (4, 2):
@@ -70,7 +80,7 @@ class Quanto(Method):
         return storage_bits(module.weight) / (module.in_features * module.out_features)
 
     def after(self, model, names, recipe, bits, calib):
-        if recipe.activation is None:
+        if recipe.weight["activations"] is None:
             return {}
         scales = {n: float(model.get_submodule(n).input_scale) for n in names}
-        return {"activation": {"dtype": recipe.activation["dtype"], "static_input_scales": scales}}
+        return {"activation": {"dtype": recipe.weight["activations"], "static_input_scales": scales}}

@@ -348,20 +348,18 @@ def _grid_points(data: dict, source: str, quant) -> tuple[list[GridPoint], list[
             if axis in entry:
                 values = entry[axis] if isinstance(entry[axis], list) else [entry[axis]]
                 if not values or len(set(map(str, values))) != len(values) or any(
-                        v is not None and (not isinstance(v, int) or isinstance(v, bool)) for v in values):
-                    raise SweepError(source, f"{where}.{axis}", f"expected a list of distinct integers or null, "
-                                     f"got {entry[axis]!r}")
+                        isinstance(v, (bool, float, list, dict)) for v in values):
+                    raise SweepError(source, f"{where}.{axis}", f"expected a list of distinct widths (integers), "
+                                     f"formats (fp8, mxfp4, nvfp4) or null, got {entry[axis]!r}")
                 axes[axis] = values
         variants = [recipe]
-        if axes and not hasattr(recipe, "with_axes"):   # INTEGRATION: the quantfmt branch adds with_axes
-            raise SweepError(source, where, "act_bits / kv_bits axes are not supported by this qbench")
         if axes:
             variants = []
             for combo in itertools.product(*axes.values()):
                 try:
                     variants.append(recipe.with_axes(**dict(zip(axes, combo))))
                 except quant.RecipeError as err:
-                    raise SweepError(source, f"{where}", f"{dict(zip(axes, combo))}: {err}") from None
+                    raise SweepError(source, f"{where}.{'/'.join(axes)}", f"{dict(zip(axes, combo))}: {err}") from None
         for variant in variants:
             for b in sorted(bits, key=lambda x: -1 if x is None else x):
                 points.append(GridPoint(recipe.name, variant, b, variant.label(b), None))

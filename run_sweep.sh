@@ -15,6 +15,7 @@
 # (tables and plots are written either way; failed cells show as "failed").
 set -euo pipefail
 cd "$(dirname "$0")"
+export QBENCH_DATA=${QBENCH_DATA:-$PWD/data}   # task data, downloads and caches stay in the checkout
 SECONDS=0
 SWEEP=recipes/full.yaml
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then

@@ -3,7 +3,7 @@ import runpy
 import sys
 import time
 
-from .paths import REPO_ROOT
+from .paths import SOURCE_ROOT
 
 
 def _add_script(bench_sub, command, name, help, examples):
@@ -11,7 +11,7 @@ def _add_script(bench_sub, command, name, help, examples):
     def run(args) -> int:
         script_args = args.script_args[1:] if args.script_args[:1] == ["--"] else args.script_args
         sys.argv = [f"benchmarks/{name}.py", *script_args]
-        runpy.run_path(str(REPO_ROOT / "benchmarks" / f"{name}.py"), run_name="__main__")
+        runpy.run_path(str(SOURCE_ROOT / "benchmarks" / f"{name}.py"), run_name="__main__")
         return 0
 
     # prefix_chars "+": every "-..." argument (--help too) goes to the script, not to this parser

@@ -5,6 +5,9 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qbench", description=__doc__)
+    parser.add_argument("--recipes", action="append", default=[], metavar="DIR",
+                        help="a folder of recipes and sweep files, searched before the shipped ones (repeatable; "
+                             "also QBENCH_RECIPES)")
     sub = parser.add_subparsers(dest="command", required=True)
     from . import bench_commands, data_commands
     from .diagnostics import commands as diagnostics_commands
@@ -21,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.recipes:
+        import os
+
+        os.environ["QBENCH_RECIPES"] = os.pathsep.join([*args.recipes, os.environ.get("QBENCH_RECIPES", "")]).rstrip(os.pathsep)
     from .errors import QBenchError
     try:
         return args.func(args) or 0

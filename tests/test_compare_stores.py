@@ -7,7 +7,7 @@ from qbench import paths
 
 
 def _compare():
-    spec = importlib.util.spec_from_file_location("compare_stores", paths.REPO_ROOT / "benchmarks" / "compare_stores.py")
+    spec = importlib.util.spec_from_file_location("compare_stores", paths.SOURCE_ROOT / "benchmarks" / "compare_stores.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -15,7 +15,7 @@ def _compare():
 
 def test_cells_with_other_attention_paths_are_listed(tmp_path):
     compare = _compare()
-    store = paths.REPO_ROOT / "results" / "h200-tiny-full"
+    store = paths.SOURCE_ROOT / "results" / "h200-tiny-full"
     copy = tmp_path / "copy"
     shutil.copytree(store / "cells", copy / "cells")
     cell_file = sorted((copy / "cells").glob("*.json"))[0]

@@ -7,7 +7,7 @@ import torch
 
 from qbench.model import new_model
 from qbench.quant import RecipeError, available_recipes, load_recipe, parse_recipe, quantize
-from qbench.quant.recipe import RECIPES_DIR
+from qbench.paths import RECIPES_DIR
 
 TINY = dict(hidden_size=128, num_hidden_layers=1, num_heads=4, num_kv_heads=2, vocab_size=64,
             max_position_embeddings=64)

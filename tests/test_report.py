@@ -195,10 +195,10 @@ def test_compare_stores_finds_a_changed_metric(tmp_path):
     """benchmarks/compare_stores.py on the committed H200 store: itself equal; one changed value found."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("compare_stores", paths.REPO_ROOT / "benchmarks" / "compare_stores.py")
+    spec = importlib.util.spec_from_file_location("compare_stores", paths.SOURCE_ROOT / "benchmarks" / "compare_stores.py")
     compare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(compare)
-    store = paths.REPO_ROOT / "results" / "h200-tiny-full"
+    store = paths.SOURCE_ROOT / "results" / "h200-tiny-full"
     copy = tmp_path / "copy"
     shutil.copytree(store / "cells", copy / "cells")
     text, same = compare.report(store, copy)
@@ -228,7 +228,7 @@ def _table_rows(text):
 def test_committed_old_store_renders_with_the_same_numbers(tmp_path):
     """results/full (pair manifest, old records, no sidecars): regenerated paper and summary tables
     have exactly the committed rows; each old softpick - softmax table is unchanged."""
-    src = paths.REPO_ROOT / "results" / "full"
+    src = paths.SOURCE_ROOT / "results" / "full"
     root = tmp_path / "full"
     shutil.copytree(src / "cells", root / "cells")
     shutil.copy(src / "sweep.json", root / "sweep.json")

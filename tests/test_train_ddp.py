@@ -163,7 +163,7 @@ def test_one_gpu_ddp_under_torchrun(corpus, tmp_path):
     argv = L._child_argv(run, T.Inputs(corpus / "train.tokens.u16", corpus / "tokenizer", None), "softmax",
                          tmp_path / "ddp")
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1",
-                           "-m", *argv[2:]], capture_output=True, text=True, cwd=L.REPO_ROOT)
+                           "-m", *argv[2:]], capture_output=True, text=True, cwd=L.SOURCE_ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / T.SUMMARY_FILE).read_text())
     assert summary["distributed"]["backend"] == "nccl" and summary["distributed"]["world_size"] == 1

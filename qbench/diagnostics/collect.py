@@ -72,9 +72,9 @@ def read_documents(text) -> tuple[list[str], str]:
         raise DiagnosticsError(f"held-out text not found: {path}")
     digest = file_sha256(path)
     docs = read_heldout(path)
-    from ..paths import REPO_ROOT
+    from ..paths import SOURCE_ROOT
 
-    shown = path.resolve().relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else path
+    shown = path.resolve().relative_to(SOURCE_ROOT) if path.resolve().is_relative_to(SOURCE_ROOT) else path
     return docs, f"{shown} (sha256 {digest[:16]}, {len(docs)} documents)"
 
 

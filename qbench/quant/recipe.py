@@ -33,11 +33,10 @@ from typing import Any, ClassVar, Mapping
 
 import yaml
 
-from qbench.paths import REPO_ROOT
+from qbench import paths
 from .base import Field, RecipeError, get_method, methods
 from .formats import LABEL as FORMAT_LABEL, WIDTH as FORMAT_WIDTH
 
-RECIPES_DIR = REPO_ROOT / "recipes"
 SWEEP_FILES = {"paper", "full", "attention"}  # sweep files live beside recipes; they are not recipes
 
 DEFAULT_LAYERS = {"include": ["*_proj"], "exclude": ["lm_head"]}
@@ -364,11 +363,15 @@ def load_recipe(path_or_name: str | Path | Recipe) -> Recipe:
         return path_or_name
     p = Path(path_or_name)
     is_path = p.suffix in (".yaml", ".yml") or "/" in str(path_or_name) or p.exists()
-    if not is_path:
-        p = RECIPES_DIR / f"{path_or_name}.yaml"
-        if not p.exists():
-            raise RecipeError(str(p), None, f"no recipe named {str(path_or_name)!r}; "
+    if is_path:
+        p = paths.find(p)
+    else:
+        found = [d / f"{path_or_name}.yaml" for d in paths.recipe_dirs() if (d / f"{path_or_name}.yaml").is_file()]
+        if not found:
+            raise RecipeError(str(paths.RECIPES_DIR / f"{path_or_name}.yaml"), None,
+                              f"no recipe named {str(path_or_name)!r} in {[str(d) for d in paths.recipe_dirs()]}; "
                               f"available: {available_recipes()}")
+        p = found[0]
     source = str(p)
     if not p.is_file():
         raise RecipeError(source, None, "no such recipe file")
@@ -380,8 +383,8 @@ def load_recipe(path_or_name: str | Path | Recipe) -> Recipe:
 
 
 def available_recipes() -> list[str]:
-    """Names of the recipe files in recipes/ (sweep files, which have a `grid`, are skipped)."""
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if not is_sweep_file(p))
+    """Names of the recipe files in the recipe folders (sweep files, which have a `grid`, are skipped)."""
+    return sorted({p.stem for d in paths.recipe_dirs() for p in d.glob("*.yaml") if not is_sweep_file(p)})
 
 
 def is_sweep_file(path: Path) -> bool:

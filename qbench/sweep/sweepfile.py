@@ -26,7 +26,9 @@
 
 A file can start from another and change some fields (recipes/small/full.yaml: the full grid on
 the `small` pair): `extends: ../full.yaml` (relative to the file), then the fields to replace.
-Relative paths are taken from the current directory, or else from the qbench repository.
+A sweep file is a path, or the name of one in a recipe folder (`qbench sweep full`). Relative paths
+(in the file too) are taken from the current folder, else inside the package (qbench/paths.py):
+`recipes/full.yaml` and `checkpoints/tiny/softmax` work from any folder.
 
 `load_sweep` checks everything that can fail before a cell runs: unknown fields, unknown
 recipes, widths a recipe does not support, axes a recipe cannot take, unknown tasks or task
@@ -155,11 +157,7 @@ class Sweep:
 def resolve_path(value, source, field_name) -> Path:
     if not isinstance(value, (str, os.PathLike)) or not str(value):
         raise SweepError(source, field_name, f"expected a path, got {value!r}")
-    p = Path(value).expanduser()
-    if p.is_absolute() or p.exists():
-        return p
-    in_repo = paths.REPO_ROOT / p
-    return in_repo if in_repo.exists() else p
+    return paths.find(value)
 
 
 def _opt_int(raw, source, name, minimum=1):
@@ -173,14 +171,12 @@ def _opt_int(raw, source, name, minimum=1):
 def read_sweep_file(path, _children: tuple = ()) -> tuple[dict, str]:
     """The sweep file's fields; `extends: OTHER.yaml` (relative to this file) takes OTHER's fields
     and lets this file override any of them (e.g. the same grid on another pair)."""
-    p = Path(path)
+    p = paths.find(path)
+    if not p.is_file() and not _children and Path(path).suffix not in (".yaml", ".yml"):
+        p = next((d / f"{path}.yaml" for d in paths.recipe_dirs() if (d / f"{path}.yaml").is_file()), p)   # a name
     if not p.is_file():
-        alt = paths.REPO_ROOT / p
-        if not p.is_absolute() and alt.is_file():
-            p = alt
-        else:
-            raise SweepError(_children[-1] if _children else path, "extends" if _children else None,
-                             f"no such sweep file: {path}")
+        raise SweepError(_children[-1] if _children else path, "extends" if _children else None,
+                         f"no such sweep file: {path}")
     try:
         data = yaml.safe_load(p.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as err:

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..paths import REPO_ROOT
+from ..paths import SOURCE_ROOT
 from . import ddp
 from .data import TrainError
 from .train import (KINDS, LOG_FILE, PAIR_SUMMARY_FILE, SUMMARY_FILE, Inputs, RunSpec, check_spec,
@@ -194,7 +194,7 @@ def _run_children(spec: RunSpec, inputs: Inputs, root: Path, arms: dict[str, tup
     from tqdm.auto import tqdm
 
     steps = spec.preset_values()["steps"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")]))}
     for key, value in ddp.NVLINK_MULTICAST_OFF.items():
         env.setdefault(key, value)
     procs, logs, bars = {}, {}, {}
@@ -202,7 +202,7 @@ def _run_children(spec: RunSpec, inputs: Inputs, root: Path, arms: dict[str, tup
         (out / LOG_FILE).unlink(missing_ok=True)
         logs[name] = open(root / f"{name}.log", "w")
         procs[name] = subprocess.Popen(_child_argv(spec, inputs, name, out), stdout=logs[name],
-                                       stderr=subprocess.STDOUT, env={**env, **child_env}, cwd=REPO_ROOT)
+                                       stderr=subprocess.STDOUT, env={**env, **child_env})
         bars[name] = tqdm(total=steps, desc=f"{spec.preset} {name}", unit="step", position=i,
                           disable=not spec.progress or spec.measure_steps is not None,
                           mininterval=1.0 if sys.stderr.isatty() else 30.0)

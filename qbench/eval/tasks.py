@@ -146,7 +146,7 @@ def refresh_yaml(name: str, tasks_dir: Path, manifest: dict) -> Path:
     return yml
 
 
-class _FunctionTagLoader(yaml_module.SafeLoader):
+class _FunctionTagLoader(getattr(yaml_module, "CSafeLoader", yaml_module.SafeLoader)):
     """Reads lm-eval task YAMLs as data: a `!function name` tag stays the string "name"."""
 
 

@@ -140,3 +140,32 @@ def test_single_process_bootstrap_is_lm_evals_pool_bootstrap(monkeypatch):
     assert single == pooled
     with _single_process_bootstrap(5000):
         assert os.environ.get("DISABLE_MULTIPROC") is None   # several chunks: the pool helps
+
+
+def test_batch_check_counts_changes_between_batch_settings(tasks_dir, tiny):
+    """`qbench bench eval --batch-check`'s comparison: fp32 scores do not depend on batching (within
+    float rounding), so no answer changes; a planted change is counted."""
+    import copy
+
+    from qbench.eval.bench import batch_check_report
+    from qbench.eval.runner import run_lm_eval
+
+    model, tok = tiny
+    tasks = ["qb_arc_easy", "qb_lambada_openai", "qb_heldout_ppl"]
+    runs = [run_lm_eval(model, tok, tasks, 4, batch_size=bs, max_batch_tokens=mbt, bootstrap_iters=0,
+                        tasks_dir=tasks_dir, log_samples=True) for mbt, bs in ((4096, None), (64, 1))]
+    report = batch_check_report(*runs)
+    assert runs[0]["lm"].stats["forwards"] < runs[1]["lm"].stats["forwards"]
+    for name, r in report["tasks"].items():
+        assert r["items"] == (3 if name == "qb_heldout_ppl" else 4)   # the held-out file has 3 documents
+        assert r["answer_changes"] == (None if name == "qb_heldout_ppl" else 0)
+        assert r["max_abs_loglikelihood_change"] < 1e-3 and r["max_rel_loglikelihood_change"] < 1e-5
+    assert report["max_metric_difference"] < 1e-5
+    # plant a changed answer in the second run: doc 0 of ARC-Easy now prefers another choice
+    planted = copy.deepcopy(runs[1]["results"]["samples"])
+    row = planted["qb_arc_easy"][0]
+    lls = [r[0] for r in row["filtered_resps"]]
+    worst = min(range(len(lls)), key=lls.__getitem__)
+    row["filtered_resps"][worst] = (max(lls) + 1.0, False)
+    changed = batch_check_report(runs[0], dict(runs[1], results=dict(runs[1]["results"], samples=planted)))
+    assert changed["tasks"]["qb_arc_easy"]["answer_changes"] == 1

@@ -13,7 +13,7 @@ Submodules are imported lazily (lm-eval and torch are heavy; `qbench data prepar
 from .errors import EvalError, TaskDataError, TokenizerError, UnknownTaskError
 
 _LAZY = {
-    "evaluate": "runner", "make_lm": "runner", "to_metrics": "runner",
+    "evaluate": "runner", "run_lm_eval": "runner", "make_lm": "runner", "to_metrics": "runner",
     "aggregate": "items", "check_items": "items", "ItemsError": "items",
     "QBenchLM": "adapter", "check_tokenizer": "adapter",
     "TASK_SETS": "tasks", "TASK_INFO": "tasks", "OFFLINE_TASKS": "tasks", "ONLINE_TASKS": "tasks",

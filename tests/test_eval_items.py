@@ -123,23 +123,23 @@ def test_reused_task_objects_give_the_numbers_of_fresh_ones(tasks_dir, tiny):
     assert all(a[n] is b[n] for n in tasks)
 
 
-def test_single_process_bootstrap_is_lm_evals_pool_bootstrap(monkeypatch):
-    """evaluate() runs lm-eval's bootstrap without its process pool when there is one chunk of draws:
-    the same stderr as the pool's."""
-    from lm_eval.api.metrics import bootstrap_stderr, perplexity
+@pytest.mark.parametrize("n,iters", [(5153, 1000), (37, 2500), (1, 1000), (300, 100)])
+def test_bootstrap_stderr_is_lm_evals(monkeypatch, n, iters):
+    """evaluate()'s in-process bootstrap (vectorized for perplexity) gives lm-eval's pool bootstrap's
+    stderr exactly; other metrics run lm-eval's own chunk loop, also exactly."""
+    from lm_eval.api import metrics as lm_metrics
 
-    from qbench.eval.runner import _single_process_bootstrap
+    from qbench.eval import bootstrap
 
-    rng = random.Random(1)
-    xs = [-rng.random() * 12 for _ in range(300)]
+    original = bootstrap.lm_eval_bootstrap_stderr()
+    assert original is not bootstrap.bootstrap_stderr
     monkeypatch.delenv("DISABLE_MULTIPROC", raising=False)
-    pooled = bootstrap_stderr(perplexity, xs, iters=1000)
-    with _single_process_bootstrap(1000):
-        assert os.environ.get("DISABLE_MULTIPROC") == "1"
-        single = bootstrap_stderr(perplexity, xs, iters=1000)
-    assert single == pooled
-    with _single_process_bootstrap(5000):
-        assert os.environ.get("DISABLE_MULTIPROC") is None   # several chunks: the pool helps
+    rng = random.Random(n)
+    xs = [-rng.random() * 12 for _ in range(n)]
+    assert bootstrap._fast_perplexity_ok()
+    assert bootstrap.bootstrap_stderr(lm_metrics.perplexity, xs, iters) == original(lm_metrics.perplexity, xs, iters)
+    if n == 37:
+        assert bootstrap.bootstrap_stderr(lm_metrics.median, xs, iters) == original(lm_metrics.median, xs, iters)
 
 
 def test_batch_check_counts_changes_between_batch_settings(tasks_dir, tiny):

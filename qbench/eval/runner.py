@@ -64,6 +64,15 @@ def cache_jinja_templates() -> None:
     lm_utils.apply_template = apply_template
 
 
+# Built lm-eval objects, reused across evaluate() calls of one process: TaskManagers and
+# task objects keyed by (tasks folder, online, task name, task fingerprint), so changed task data
+# or YAML builds a new task. A task object holds its dataset and, after a run, that run's request
+# instances; simple_evaluate rebuilds the instances on every run (build_all_requests) and only
+# re-applies the same settings (num_fewshot 0, fewshot seed), which is why reuse is exact
+# (tests/test_eval_items.py compares cached with fresh runs).
+_TASKS: dict = {}
+
+
 def task_manager(online: bool, tasks_dir: Path | None = None):
     """lm-eval's TaskManager on our task YAMLs (plus lm-eval's own tasks when online), one per
     process and folder (indexing lm-eval's task folder takes seconds)."""
@@ -75,15 +84,6 @@ def task_manager(online: bool, tasks_dir: Path | None = None):
         include = [str(ydir)] if ydir.is_dir() else None
         _TASKS[key] = TaskManager(include_path=include, include_defaults=online)
     return _TASKS[key]
-
-
-# Built lm-eval objects, reused across evaluate() calls of one process: TaskManagers (above) and
-# task objects keyed by (tasks folder, online, task name, task fingerprint), so changed task data
-# or YAML builds a new task. A task object holds its dataset and, after a run, that run's request
-# instances; simple_evaluate rebuilds the instances on every run (build_all_requests) and only
-# re-applies the same settings (num_fewshot 0, fewshot seed), which is why reuse is exact
-# (tests/test_eval_items.py compares cached with fresh runs).
-_TASKS: dict = {}
 
 
 def load_tasks(names: list[str], online: bool, tasks_dir: Path | None = None, reuse: bool = True) -> dict:
@@ -243,12 +243,15 @@ def run_lm_eval(model, tokenizer, tasks="paper", limit=None, batch_size=None, de
     if device is not None:
         model = model.to(device)
     timing = {}
-    with hub_mode(online), _single_process_bootstrap(bootstrap_iters):
+    with hub_mode(online):
         import lm_eval  # noqa: F401
         from lm_eval.evaluator import simple_evaluate
 
+        from . import bootstrap
+
         cache_jinja_templates()
         cache_run_metadata()
+        bootstrap.install()
         with _quiet():
             t = time.perf_counter()
             try:
@@ -273,23 +276,6 @@ def run_lm_eval(model, tokenizer, tasks="paper", limit=None, batch_size=None, de
     timing["scoring"] = scoring["seconds"]
     timing["total"] = time.perf_counter() - t0
     return {"results": results, "tasks": task_objs, "lm": lm, "names": names, "online": online, "timing": timing}
-
-
-@contextlib.contextmanager
-def _single_process_bootstrap(iters: int):
-    """lm-eval bootstraps stderrs (LAMBADA perplexity) in chunks of 1000 draws on a process pool of
-    one process per CPU; with at most 1000 draws there is one chunk, run by one worker, and the pool
-    costs a fork of this (large) process per cell. lm-eval's own DISABLE_MULTIPROC path runs the
-    same chunks with the same seeds (random.Random(chunk index)) in this process: the same numbers
-    (tests/test_eval_items.py), without the fork."""
-    if iters > 1000 or os.environ.get("DISABLE_MULTIPROC"):
-        yield
-        return
-    os.environ["DISABLE_MULTIPROC"] = "1"
-    try:
-        yield
-    finally:
-        os.environ.pop("DISABLE_MULTIPROC", None)
 
 
 def _time_scoring(lm) -> dict:

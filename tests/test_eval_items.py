@@ -63,6 +63,21 @@ def test_items_aggregate_to_the_stored_metrics(scored):
     assert nbytes == [len(d.encode("utf-8")) for d in HELDOUT_DOCS] and all(w > 1 for w in words)
 
 
+def test_items_are_lm_evals_logged_samples(tasks_dir, tiny):
+    """The recorded process_results values are the ones lm-eval's own log_samples reports."""
+    from qbench.eval.runner import run_lm_eval
+
+    model, tok = tiny
+    run = run_lm_eval(model, tok, TASKS, 5, bootstrap_iters=0, tasks_dir=tasks_dir, items=True, log_samples=True)
+    for task, rows in run["results"]["samples"].items():
+        rows = sorted(rows, key=lambda r: r["doc_id"])
+        entry = run["items"][task]
+        assert entry["doc_id"] == [r["doc_id"] for r in rows]
+        assert set(entry["metrics"]) == set(rows[0]["metrics"])
+        for metric, m in entry["metrics"].items():
+            assert m["values"] == [list(r[metric]) if isinstance(r[metric], tuple) else r[metric] for r in rows]
+
+
 def test_items_survive_json(scored):
     """The sidecar is JSON: the values come back as the same floats, so the aggregates are unchanged."""
     metrics, _, items = scored
@@ -147,13 +162,11 @@ def test_batch_check_counts_changes_between_batch_settings(tasks_dir, tiny):
     float rounding), so no answer changes; a planted change is counted."""
     import copy
 
-    from qbench.eval.bench import batch_check_report
-    from qbench.eval.runner import run_lm_eval
+    from qbench.eval.bench import batch_check_report, checked_run
 
     model, tok = tiny
     tasks = ["qb_arc_easy", "qb_lambada_openai", "qb_heldout_ppl"]
-    runs = [run_lm_eval(model, tok, tasks, 4, batch_size=bs, max_batch_tokens=mbt, bootstrap_iters=0,
-                        tasks_dir=tasks_dir, log_samples=True) for mbt, bs in ((4096, None), (64, 1))]
+    runs = [checked_run(model, tok, tasks, 4, mbt, bs, tasks_dir=tasks_dir) for mbt, bs in ((4096, None), (64, 1))]
     report = batch_check_report(*runs)
     assert runs[0]["lm"].stats["forwards"] < runs[1]["lm"].stats["forwards"]
     for name, r in report["tasks"].items():
@@ -161,11 +174,12 @@ def test_batch_check_counts_changes_between_batch_settings(tasks_dir, tiny):
         assert r["answer_changes"] == (None if name == "qb_heldout_ppl" else 0)
         assert r["max_abs_loglikelihood_change"] < 1e-3 and r["max_rel_loglikelihood_change"] < 1e-5
     assert report["max_metric_difference"] < 1e-5
-    # plant a changed answer in the second run: doc 0 of ARC-Easy now prefers another choice
-    planted = copy.deepcopy(runs[1]["results"]["samples"])
-    row = planted["qb_arc_easy"][0]
-    lls = [r[0] for r in row["filtered_resps"]]
+    # plant a changed answer in the second run: doc 0 of ARC-Easy now prefers its least likely choice
+    planted = copy.deepcopy(runs[1]["answers"])
+    answer, lls = planted["qb_arc_easy"][0]
     worst = min(range(len(lls)), key=lls.__getitem__)
-    row["filtered_resps"][worst] = (max(lls) + 1.0, False)
-    changed = batch_check_report(runs[0], dict(runs[1], results=dict(runs[1]["results"], samples=planted)))
+    lls[worst] = max(lls) + 1.0
+    planted["qb_arc_easy"][0] = (worst, lls)
+    changed = batch_check_report(runs[0], dict(runs[1], answers=planted))
     assert changed["tasks"]["qb_arc_easy"]["answer_changes"] == 1
+    assert changed["tasks"]["qb_arc_easy"]["max_abs_loglikelihood_change"] > 1.0

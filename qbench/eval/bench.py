@@ -113,37 +113,50 @@ def bench_eval(model_path=None, tasks="paper", limit=None, device=None, dtype="f
     return result
 
 
-def _answers(rows: list[dict], output_type: str) -> dict[int, tuple]:
-    """{doc_id: (answer, log-likelihoods of its requests)} from lm-eval's logged samples: the choice
-    of highest log-likelihood (multiple choice), the greedy flag (loglikelihood), None (rolling)."""
+def answers(task) -> dict[int, tuple]:
+    """{doc_id: (answer, log-likelihoods of its requests)} from a task object's request instances
+    after a run: the choice of highest log-likelihood (multiple choice), the greedy flag
+    (loglikelihood), None (rolling perplexity)."""
+    by_doc: dict[int, list] = {}
+    for inst in task.instances:
+        by_doc.setdefault(inst.doc_id, []).append(inst)
     out = {}
-    for row in rows:
-        lls = [float(r[0] if isinstance(r, (tuple, list)) else r) for r in row["filtered_resps"]]
-        if output_type == "multiple_choice":
+    for doc_id, insts in by_doc.items():
+        resps = [next(iter(i.filtered_resps.values())) for i in sorted(insts, key=lambda i: i.idx)]
+        lls = [float(r[0] if isinstance(r, (tuple, list)) else r) for r in resps]
+        if task.OUTPUT_TYPE == "multiple_choice":
             answer = max(range(len(lls)), key=lls.__getitem__)
-        elif output_type == "loglikelihood":
-            answer = bool(row["filtered_resps"][0][1])
+        elif task.OUTPUT_TYPE == "loglikelihood":
+            answer = bool(resps[0][1])
         else:
             answer = None
-        out[int(row["doc_id"])] = (answer, lls)
+        out[int(doc_id)] = (answer, lls)
     return out
 
 
+def checked_run(model, tokenizer, tasks, limit, max_batch_tokens, batch_size, tasks_dir=None) -> dict:
+    """A run_lm_eval run with per-item results and, per task, its answers (taken before a next run
+    reuses the task objects)."""
+    from .runner import run_lm_eval
+
+    run = run_lm_eval(model, tokenizer, tasks, limit, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                      bootstrap_iters=0, tasks_dir=tasks_dir, items=True)
+    run["answers"] = {n: answers(run["tasks"][n]) for n in run["names"]}
+    run["output_types"] = {n: run["tasks"][n].OUTPUT_TYPE for n in run["names"]}
+    return run
+
+
 def batch_check_report(a: dict, b: dict) -> dict:
-    """Compare two run_lm_eval results (log_samples on) of one model: per task the items, answer
-    changes, per-metric value changes and the largest log-likelihood change (absolute and relative);
-    and the largest metric difference (compare_metrics)."""
+    """Compare two checked_run results of one model: per task the items, answer changes,
+    per-metric value changes and the largest log-likelihood change (absolute and relative); and the
+    largest metric difference (compare_metrics)."""
     from .errors import EvalError
-    from .items import items_from_samples
     from .runner import to_metrics
 
-    items_a = items_from_samples(a["results"]["samples"], a["tasks"])
-    items_b = items_from_samples(b["results"]["samples"], b["tasks"])
     tasks = {}
     for name in a["names"]:
-        kind = a["tasks"][name].OUTPUT_TYPE
-        ans_a = _answers(a["results"]["samples"][name], kind)
-        ans_b = _answers(b["results"]["samples"][name], kind)
+        kind = a["output_types"][name]
+        ans_a, ans_b = a["answers"][name], b["answers"][name]
         if set(ans_a) != set(ans_b):
             raise EvalError(f"{name}: the two runs scored different documents")
         d_abs = d_rel = 0.0
@@ -152,9 +165,9 @@ def batch_check_report(a: dict, b: dict) -> dict:
                 d_abs = max(d_abs, abs(x - y))
                 d_rel = max(d_rel, abs(x - y) / max(abs(x), 1e-30))
         flips = {}
-        for metric, m in items_a[name]["metrics"].items():
+        for metric, m in a["items"][name]["metrics"].items():
             if m["aggregation"] == "mean":
-                flips[metric] = sum(x != y for x, y in zip(m["values"], items_b[name]["metrics"][metric]["values"]))
+                flips[metric] = sum(x != y for x, y in zip(m["values"], b["items"][name]["metrics"][metric]["values"]))
         tasks[name] = {"output_type": kind, "items": len(ans_a),
                        "answer_changes": (None if kind == "loglikelihood_rolling"
                                           else sum(ans_a[d][0] != ans_b[d][0] for d in ans_a)),
@@ -171,8 +184,6 @@ def bench_batch_check(model_path=None, tasks="paper", limit=None, device=None, d
     much the numbers move (batch_check_report): the noise floor of the scorer."""
     import torch
 
-    from .runner import run_lm_eval
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model_path = model_path or paths.BUNDLED_SOFTMAX
     model, tokenizer, content_hash = _load(model_path, device, dtype)
@@ -180,8 +191,7 @@ def bench_batch_check(model_path=None, tasks="paper", limit=None, device=None, d
     runs = []
     for mbt, bs in settings:
         t = time.perf_counter()
-        runs.append(run_lm_eval(model, tokenizer, tasks, limit, batch_size=bs, max_batch_tokens=mbt,
-                                bootstrap_iters=0, log_samples=True))
+        runs.append(checked_run(model, tokenizer, tasks, limit, mbt, bs))
         log(f"  max_batch_tokens {mbt}, batch_size {bs}: {time.perf_counter() - t:.1f} s, "
             f"{runs[-1]['lm'].stats['forwards']} forwards")
     report = batch_check_report(*runs)
@@ -221,8 +231,9 @@ def bench_overhead(model_path=None, tasks="paper", limit=None, device=None, dtyp
     for mode, kw in modes.items():
         rows = [evaluate(model, tokenizer, tasks, limit=limit, return_details=True, **kw)[1]["timing"]
                 for _ in range(calls)]
+        for r in rows:
+            r["outside_model"] = r["total"] - r["scoring"]
         split[mode] = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-        split[mode]["outside_model"] = split[mode]["total"] - split[mode]["scoring"]
     log(f"{'':22s} " + " ".join(f"{k:>10s}" for k in ("total", "scoring", "outside", "tasks", "lm", "lm_eval", "items")))
     for mode, t in split.items():
         log(f"{mode:22s} " + " ".join(f"{t[k]:10.3f}" for k in ("total", "scoring", "outside_model", "tasks", "lm",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import paths
 from .errors import EvalError, TokenizerError
+from .items import check_items, record_process_results, task_items
 from .tasks import check_prepared, online_default, resolve_tasks, task_fingerprint, yaml_dir
 
 DEFAULT_BOOTSTRAP_ITERS = 1000
@@ -192,19 +193,13 @@ def evaluate(model, tokenizer, tasks="paper", limit=None, batch_size=None, devic
     """
     run = run_lm_eval(model, tokenizer, tasks, limit, batch_size, device, online=online,
                       max_batch_tokens=max_batch_tokens, max_length=max_length, scorer=scorer,
-                      bootstrap_iters=bootstrap_iters, tasks_dir=tasks_dir, log_samples=return_items,
+                      bootstrap_iters=bootstrap_iters, tasks_dir=tasks_dir, items=return_items,
                       reuse_tasks=reuse_tasks)
     results = run["results"]
     metrics = to_metrics(results)
     if not (return_details or return_items):
         return metrics
-    t = time.perf_counter()
-    items = None
-    if return_items:
-        from .items import items_from_samples
-
-        items = items_from_samples(results["samples"], run["tasks"])
-    timing = dict(run["timing"], items=time.perf_counter() - t)
+    timing = run["timing"]
     import lm_eval
 
     details = {"n_samples": results.get("n-samples"), "versions": results.get("versions"),
@@ -216,18 +211,21 @@ def evaluate(model, tokenizer, tasks="paper", limit=None, batch_size=None, devic
                "lm_eval_version": getattr(lm_eval, "__version__", None),
                "scorer_stats": dict(getattr(run["lm"], "stats", {}))}
     if return_items:
-        return metrics, details, items
+        return metrics, details, run["items"]
     return metrics, details
 
 
 def run_lm_eval(model, tokenizer, tasks="paper", limit=None, batch_size=None, device=None, *,
                 online: bool | None = None, max_batch_tokens: int | None = None, max_length: int | None = None,
                 scorer: str = "qbench", bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
-                tasks_dir: Path | None = None, log_samples: bool = False, reuse_tasks: bool = True) -> dict:
-    """One simple_evaluate run (see evaluate): {"results" (lm-eval's, with "samples" when
-    log_samples), "tasks" (the task objects), "lm", "names", "online", "timing" (seconds: total,
-    tasks = building / fetching task objects, lm = the LM wrapper, scoring = inside the LM's
-    scoring methods, lm_eval = the rest of simple_evaluate: requests, metrics, bookkeeping)}."""
+                tasks_dir: Path | None = None, items: bool = False, log_samples: bool = False,
+                reuse_tasks: bool = True) -> dict:
+    """One simple_evaluate run (see evaluate): {"results" (lm-eval's; with "samples" when
+    log_samples), "items" (with items: the per-item results, qbench.eval.items), "tasks" (the task
+    objects; their .instances hold this run's requests until the next run), "lm", "names",
+    "online", "timing" (seconds: total, tasks = building / fetching task objects, lm = the LM
+    wrapper, scoring = inside the LM's scoring methods, lm_eval = the rest of simple_evaluate:
+    requests, metrics, bookkeeping; items = turning the recorded results into items)}."""
     t0 = time.perf_counter()
     online = online_default() if online is None else online
     if tokenizer is None or (getattr(tokenizer, "bos_token_id", None) is None
@@ -267,15 +265,22 @@ def run_lm_eval(model, tokenizer, tasks="paper", limit=None, batch_size=None, de
             timing["lm"] = time.perf_counter() - t
             scoring = _time_scoring(lm)
             t = time.perf_counter()
-            results = simple_evaluate(model=lm, tasks=[task_objs[n] for n in names],
-                                      task_manager=task_manager(online, tasks_dir), limit=limit,
-                                      bootstrap_iters=bootstrap_iters, log_samples=log_samples, verbosity=None)
+            with record_process_results(task_objs if items else {}) as calls:
+                results = simple_evaluate(model=lm, tasks=[task_objs[n] for n in names],
+                                          task_manager=task_manager(online, tasks_dir), limit=limit,
+                                          bootstrap_iters=bootstrap_iters, log_samples=log_samples, verbosity=None)
             timing["lm_eval"] = time.perf_counter() - t - scoring["seconds"]
     if results is None:
         raise EvalError("lm-eval returned no results")
+    t = time.perf_counter()
+    per_item = {n: task_items(task_objs[n], calls[n]) for n in names} if items else None
+    if per_item is not None:
+        check_items(per_item)
+    timing["items"] = time.perf_counter() - t
     timing["scoring"] = scoring["seconds"]
     timing["total"] = time.perf_counter() - t0
-    return {"results": results, "tasks": task_objs, "lm": lm, "names": names, "online": online, "timing": timing}
+    return {"results": results, "items": per_item, "tasks": task_objs, "lm": lm, "names": names, "online": online,
+            "timing": timing}
 
 
 def _time_scoring(lm) -> dict:

@@ -203,7 +203,7 @@ def bench_batch_check(model_path=None, tasks="paper", limit=None, device=None, d
     log(f"largest metric difference {report['max_metric_difference']:.3g} "
         f"(absolute for accuracies, relative for perplexities)")
     result = {"model": str(model_path), "content_hash": content_hash, "dtype": dtype, "device": device,
-              "tasks": runs[0]["names"], "limit": limit,
+              "task_names": runs[0]["names"], "limit": limit,
               "settings": [{"max_batch_tokens": m, "batch_size": b} for m, b in settings],
               **report, "versions": _versions(torch)}
     _write(out, result, log)

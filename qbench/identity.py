@@ -46,16 +46,16 @@ COMMON = {
     "attention": Area("3", ("attention/__init__.py", "attention/kinds.py", "attention/reference.py",
                             "attention/triton_softpick.py"),
                       "attention dispatch, the registry of kinds, reference normalisers and the softpick kernel"),
-    "scorer": Area("2", ("eval/adapter.py", "eval/runner.py", "eval/metrics.py"),
-                   "lm-eval integration and the fast scorer"),
-    "cell": Area("1", ("sweep/compute.py",), "one cell's computation: copy, quantize, evaluate"),
+    "scorer": Area("3", ("eval/adapter.py", "eval/runner.py", "eval/metrics.py", "eval/items.py", "eval/bootstrap.py"),
+                   "lm-eval integration, the fast scorer, per-item results and the stderr bootstrap"),
+    "cell": Area("2", ("sweep/compute.py",), "one cell's computation: copy, quantize, evaluate (with per-item results)"),
 }
 # Areas of the quantization recipes: a recipe uses quant.core, its weight method's area, one per
 # section it has (activation, kv_cache, attention, the transform's type) and calibration if it calibrates.
 QUANT = {
     "quant.core": Area("3", ("quant/core.py", "quant/base.py"),
                        "stages, layer selection, measurement, probe batch and calibration-forward helpers"),
-    "calibration": Area("1", ("quant/calib.py",), "calibration batches from held-out text"),
+    "calibration": Area("2", ("quant/calib.py", "text.py"), "calibration batches from held-out text (one document reader)"),
     "quant.rtn": Area("1", ("quant/rtn.py",), "round-to-nearest grid"),
     "quant.gptq": Area("1", ("quant/gptq.py", "quant/rtn.py"), "GPTQ (on rtn's grid)"),
     "quant.hqq": Area("1", ("quant/hqq.py",), "HQQ through the hqq library"),

@@ -5,6 +5,17 @@ bootstrap_iters=0 so that no bootstrap is timed); after a short warm-up of each 
 cached, CUDA initialised), each is timed once. Prints both times (end to end, and inside the
 scorer's loglikelihood / loglikelihood_rolling calls), their ratios, and the largest metric
 difference (absolute for accuracies, relative for perplexities).
+
+`qbench bench eval --batch-check`: the scorer's noise floor. One model scored twice by our scorer
+with two batch settings (default: a 4096-token budget with any number of rows, and 512 tokens with
+one row per forward): per task, how many items change answer (multiple choice: the choice of
+highest log-likelihood; LAMBADA: whether the continuation is the greedy one), how many change a
+per-item metric value (acc, acc_norm), the largest change of a request's log-likelihood, and the
+largest metric difference.
+
+`qbench bench eval --overhead`: where one evaluate() call spends its time outside the model
+(building tasks, the LM wrapper, lm-eval's requests / metrics / bookkeeping, per-item results),
+over repeated calls in one process, with lm-eval's task objects reused (the default) and rebuilt.
 """
 from __future__ import annotations
 
@@ -99,24 +110,172 @@ def bench_eval(model_path=None, tasks="paper", limit=None, device=None, dtype="f
         "hf_batch_size": hf_batch_size, "batch_size": batch_size,
         "max_batch_tokens": max_batch_tokens, "scorer_stats": ours_details["scorer_stats"],
         "max_metric_difference": worst, "metrics": {"qbench": ours, "hf": hf},
-        "versions": {"torch": torch.__version__, "lm_eval": ours_details["lm_eval_version"],
-                     "transformers": __import__("transformers").__version__, "python": platform.python_version()},
+        "versions": _versions(torch),
     }
+    _write(out, result, log)
+    return result
+
+
+def answers(task) -> dict[int, tuple]:
+    """{doc_id: (answer, log-likelihoods of its requests)} from a task object's request instances
+    after a run: the choice of highest log-likelihood (multiple choice), the greedy flag
+    (loglikelihood), None (rolling perplexity)."""
+    by_doc: dict[int, list] = {}
+    for inst in task.instances:
+        by_doc.setdefault(inst.doc_id, []).append(inst)
+    out = {}
+    for doc_id, insts in by_doc.items():
+        resps = [next(iter(i.filtered_resps.values())) for i in sorted(insts, key=lambda i: i.idx)]
+        lls = [float(r[0] if isinstance(r, (tuple, list)) else r) for r in resps]
+        if task.OUTPUT_TYPE == "multiple_choice":
+            answer = max(range(len(lls)), key=lls.__getitem__)
+        elif task.OUTPUT_TYPE == "loglikelihood":
+            answer = bool(resps[0][1])
+        else:
+            answer = None
+        out[int(doc_id)] = (answer, lls)
+    return out
+
+
+def checked_run(model, tokenizer, tasks, limit, max_batch_tokens, batch_size, tasks_dir=None) -> dict:
+    """A run_lm_eval run with per-item results and, per task, its answers (taken before a next run
+    reuses the task objects)."""
+    from .runner import run_lm_eval
+
+    run = run_lm_eval(model, tokenizer, tasks, limit, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                      bootstrap_iters=0, tasks_dir=tasks_dir, items=True)
+    run["answers"] = {n: answers(run["tasks"][n]) for n in run["names"]}
+    run["output_types"] = {n: run["tasks"][n].OUTPUT_TYPE for n in run["names"]}
+    return run
+
+
+def batch_check_report(a: dict, b: dict) -> dict:
+    """Compare two checked_run results of one model: per task the items, answer changes,
+    per-metric value changes and the largest log-likelihood change (absolute and relative); and the
+    largest metric difference (compare_metrics)."""
+    from .errors import EvalError
+    from .runner import to_metrics
+
+    tasks = {}
+    for name in a["names"]:
+        kind = a["output_types"][name]
+        ans_a, ans_b = a["answers"][name], b["answers"][name]
+        if set(ans_a) != set(ans_b):
+            raise EvalError(f"{name}: the two runs scored different documents")
+        d_abs = d_rel = 0.0
+        for doc in ans_a:
+            for x, y in zip(ans_a[doc][1], ans_b[doc][1]):
+                d_abs = max(d_abs, abs(x - y))
+                d_rel = max(d_rel, abs(x - y) / max(abs(x), 1e-30))
+        flips = {}
+        for metric, m in a["items"][name]["metrics"].items():
+            if m["aggregation"] == "mean":
+                flips[metric] = sum(x != y for x, y in zip(m["values"], b["items"][name]["metrics"][metric]["values"]))
+        tasks[name] = {"output_type": kind, "items": len(ans_a),
+                       "answer_changes": (None if kind == "loglikelihood_rolling"
+                                          else sum(ans_a[d][0] != ans_b[d][0] for d in ans_a)),
+                       "metric_value_changes": flips, "max_abs_loglikelihood_change": d_abs,
+                       "max_rel_loglikelihood_change": d_rel}
+    worst, rows = compare_metrics(to_metrics(a["results"]), to_metrics(b["results"]))
+    return {"tasks": tasks, "max_metric_difference": worst,
+            "metric_differences": [{"task": t, "metric": m, "a": x, "b": y, "difference": d} for t, m, x, y, d in rows]}
+
+
+def bench_batch_check(model_path=None, tasks="paper", limit=None, device=None, dtype="float32",
+                      settings=((4096, None), (512, 1)), out=None, log=print) -> dict:
+    """Score one model with two batch settings ((max_batch_tokens, batch_size) each) and report how
+    much the numbers move (batch_check_report): the noise floor of the scorer."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model_path = model_path or paths.BUNDLED_SOFTMAX
+    model, tokenizer, content_hash = _load(model_path, device, dtype)
+    log(f"model {model_path} ({dtype}) on {device}; tasks {tasks}, limit {limit}")
+    runs = []
+    for mbt, bs in settings:
+        t = time.perf_counter()
+        runs.append(checked_run(model, tokenizer, tasks, limit, mbt, bs))
+        log(f"  max_batch_tokens {mbt}, batch_size {bs}: {time.perf_counter() - t:.1f} s, "
+            f"{runs[-1]['lm'].stats['forwards']} forwards")
+    report = batch_check_report(*runs)
+    log(f"{'task':20s} {'items':>6s} {'answers changed':>16s} {'metric values changed':>24s} {'max |d ll|':>11s}")
+    for name, r in report["tasks"].items():
+        flips = ", ".join(f"{m} {n}" for m, n in r["metric_value_changes"].items()) or "-"
+        changed = "-" if r["answer_changes"] is None else str(r["answer_changes"])
+        log(f"{name:20s} {r['items']:6d} {changed:>16s} {flips:>24s} {r['max_abs_loglikelihood_change']:11.3g}")
+    log(f"largest metric difference {report['max_metric_difference']:.3g} "
+        f"(absolute for accuracies, relative for perplexities)")
+    result = {"model": str(model_path), "content_hash": content_hash, "dtype": dtype, "device": device,
+              "task_names": runs[0]["names"], "limit": limit,
+              "settings": [{"max_batch_tokens": m, "batch_size": b} for m, b in settings],
+              **report, "versions": _versions(torch)}
+    _write(out, result, log)
+    return result
+
+
+def bench_overhead(model_path=None, tasks="paper", limit=None, device=None, dtype="float32", calls=3,
+                   out=None, log=print) -> dict:
+    """Median split (seconds) of evaluate() calls after a first one, with task objects reused
+    (the default) and rebuilt, and with per-item results on."""
+    import statistics
+
+    import torch
+
+    from .runner import evaluate
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model_path = model_path or paths.BUNDLED_SOFTMAX
+    model, tokenizer, content_hash = _load(model_path, device, dtype)
+    log(f"model {model_path} ({dtype}) on {device}; tasks {tasks}, limit {limit}; {calls} calls after a first one")
+    evaluate(model, tokenizer, tasks, limit=limit)
+    modes = {"reused tasks": dict(), "rebuilt tasks": dict(reuse_tasks=False),
+             "reused tasks + items": dict(return_items=True)}
+    split = {}
+    for mode, kw in modes.items():
+        rows = [evaluate(model, tokenizer, tasks, limit=limit, return_details=True, **kw)[1]["timing"]
+                for _ in range(calls)]
+        for r in rows:
+            r["outside_model"] = r["total"] - r["scoring"]
+        split[mode] = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    log(f"{'':22s} " + " ".join(f"{k:>10s}" for k in ("total", "scoring", "outside", "tasks", "lm", "lm_eval", "items")))
+    for mode, t in split.items():
+        log(f"{mode:22s} " + " ".join(f"{t[k]:10.3f}" for k in ("total", "scoring", "outside_model", "tasks", "lm",
+                                                                   "lm_eval", "items")))
+    result = {"model": str(model_path), "content_hash": content_hash, "dtype": dtype, "device": device,
+              "tasks": tasks, "limit": limit, "calls": calls, "median_seconds": split, "versions": _versions(torch)}
+    _write(out, result, log)
+    return result
+
+
+def _versions(torch) -> dict:
+    import lm_eval
+
+    return {"torch": torch.__version__, "lm_eval": getattr(lm_eval, "__version__", None),
+            "transformers": __import__("transformers").__version__, "python": platform.python_version()}
+
+
+def _write(out, result: dict, log) -> None:
     if out:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         log(f"written {out}")
-    return result
 
 
 def cmd_bench_eval(args) -> int:
     from .errors import EvalError
 
+    common = dict(model_path=args.model, tasks=args.tasks, limit=args.limit, device=args.device, dtype=args.dtype,
+                  out=args.out)
     try:
-        bench_eval(model_path=args.model, tasks=args.tasks, limit=args.limit, device=args.device, dtype=args.dtype,
-                   hf_batch_size=args.hf_batch_size, batch_size=args.batch_size,
-                   max_batch_tokens=args.max_batch_tokens, out=args.out)
+        if args.batch_check:
+            bench_batch_check(settings=((args.max_batch_tokens or 4096, args.batch_size),
+                                        (args.check_max_batch_tokens, args.check_batch_size)), **common)
+        elif args.overhead:
+            bench_overhead(calls=args.calls, **common)
+        else:
+            bench_eval(hf_batch_size=args.hf_batch_size, batch_size=args.batch_size,
+                       max_batch_tokens=args.max_batch_tokens, **common)
     except EvalError as err:
         print(f"qbench: error: {err}", file=sys.stderr)
         return 2
@@ -125,8 +284,9 @@ def cmd_bench_eval(args) -> int:
 
 def register_bench_commands(bench_subparsers) -> None:
     """Adds `eval` to the `qbench bench` subcommands."""
-    p = bench_subparsers.add_parser("eval", help="time our lm-eval scorer against lm-eval's stock HFLM",
-                                    description=__doc__)
+    p = bench_subparsers.add_parser("eval", help="time our lm-eval scorer against lm-eval's stock HFLM "
+                                                 "(--batch-check: its noise floor; --overhead: per-call overhead)",
+                                    description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help=f"checkpoint folder (default {paths.BUNDLED_SOFTMAX}), or "
                                                   "random:SIZE[:ATTENTION] for a random model at a paper size "
                                                   "(random:340M, random:1.8B:softpick; qbench/bench_models.py)")
@@ -137,6 +297,18 @@ def register_bench_commands(bench_subparsers) -> None:
     p.add_argument("--hf-batch-size", type=int, default=32, help="batch size of the stock HFLM (default 32)")
     p.add_argument("--batch-size", type=int, default=None, help="most rows per forward of ours (default: no cap)")
     p.add_argument("--max-batch-tokens", type=int, default=None,
-                   help="token budget per forward of ours (default 32768 on CUDA, 4096 on CPU)")
+                   help="token budget per forward of ours (default 32768 on CUDA, 4096 on CPU; "
+                        "--batch-check: 4096)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--batch-check", action="store_true",
+                      help="score with two batch settings (--max-batch-tokens/--batch-size and "
+                           "--check-max-batch-tokens/--check-batch-size) and count the items that change")
+    mode.add_argument("--overhead", action="store_true",
+                      help="split evaluate() calls into task set-up, scoring and lm-eval's own work")
+    p.add_argument("--check-max-batch-tokens", type=int, default=512,
+                   help="--batch-check: token budget of the second setting (default 512)")
+    p.add_argument("--check-batch-size", type=int, default=1,
+                   help="--batch-check: rows per forward of the second setting (default 1)")
+    p.add_argument("--calls", type=int, default=3, help="--overhead: timed calls per mode (default 3)")
     p.add_argument("--out", default=None, help="also write the result as JSON here (e.g. results/bench/eval-h200.json)")
     p.set_defaults(func=cmd_bench_eval)

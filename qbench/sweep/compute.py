@@ -261,14 +261,14 @@ def _compute(spec: CellSpec, source: ModelSource, record: dict) -> dict:
         from ..eval import evaluate
 
         t = time.perf_counter()
-        metrics, details = evaluate(
+        metrics, details, items = evaluate(
             model, ckpt.tokenizer, tasks=spec.tasks, limit=spec.limit, batch_size=spec.eval.get("batch_size"),
             max_batch_tokens=spec.eval.get("max_batch_tokens"), scorer=spec.eval.get("scorer", "qbench"),
             bootstrap_iters=spec.eval.get("bootstrap_iters", 1000), tasks_dir=spec.tasks_dir, online=False,
-            return_details=True)
-        items = None   # INTEGRATION: return_items=True once the eval branch is merged
+            return_details=True, return_items=True)
         timing["evaluate"] = time.perf_counter() - t
     record["metrics"] = metrics
     record["n_samples"] = details.get("n_samples")
+    record["timing"]["evaluate_split"] = details.get("timing")
     record["attention_backends"] = sorted(backends)
     return items

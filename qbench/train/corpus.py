@@ -37,9 +37,8 @@ from typing import Callable, Iterable, Iterator
 from qbench.errors import QBenchError
 from qbench.files import atomic_write_text, file_sha256, make_writable_dir
 from qbench.paths import CORPUS_DIR, DOWNLOADS_DIR
+from qbench.text import DOC_LINE, DOC_SEPARATOR  # the document file format (qbench/text.py)
 
-DOC_SEPARATOR = "\u241e"                 # SYMBOL FOR RECORD SEPARATOR, alone on its line
-DOC_LINE = f"\n{DOC_SEPARATOR}\n"        # what stands between two documents in a split file
 SPLITS = ("train", "heldout_calib", "heldout_eval")
 HELDOUT_FRACTION = 0.02                  # of documents; half calibration, half evaluation
 DOC_TARGET_CHARS = 4000                  # long sections are cut into documents of about this size
@@ -56,16 +55,14 @@ class CorpusError(QBenchError, RuntimeError):
 # ---------------------------------------------------------------------------------------------
 
 def read_documents(path) -> list[str]:
-    """The documents of a split file (`.txt` or `.txt.gz`) written by `build_corpus`."""
+    """The documents of a split file (`.txt` or `.txt.gz`) written by `build_corpus`
+    (read by the one document reader, qbench.text.read_documents)."""
+    from qbench.text import read_documents as read_document_file
+
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"no corpus file at {path} (build it with `qbench data corpus`)")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="") as f:
-        text = f.read()
-    if text.endswith("\n"):
-        text = text[:-1]
-    return text.split(DOC_LINE) if text else []
+    return read_document_file(path)
 
 
 def split_of(doc_id: str, heldout_fraction: float = HELDOUT_FRACTION) -> str:

@@ -137,7 +137,7 @@ def heldout_windows(path: Path, tokenizer, context: int, n_windows: int):
     if path.suffix in (".u16", ".npy"):
         stream = load_tokens(path).astype(np.int64)
     else:
-        from .corpus import read_documents
+        from ..text import read_documents
 
         stream = encode_documents(tokenizer, read_documents(path))
     length = context + 1

@@ -56,7 +56,7 @@ QUANT = {
     "quant.core": Area("3", ("quant/core.py", "quant/base.py"),
                        "stages, layer selection, measurement, probe batch and calibration-forward helpers"),
     "calibration": Area("2", ("quant/calib.py", "text.py"), "calibration batches from held-out text (one document reader)"),
-    "quant.rtn": Area("1", ("quant/rtn.py",), "round-to-nearest grid"),
+    "quant.rtn": Area("2", ("quant/rtn.py",), "round-to-nearest grid (integer zero point, or float offset: GGUF Q4_1)"),
     "quant.gptq": Area("1", ("quant/gptq.py", "quant/rtn.py"), "GPTQ (on rtn's grid)"),
     "quant.hqq": Area("1", ("quant/hqq.py",), "HQQ through the hqq library"),
     "quant.bnb": Area("1", ("quant/bnb.py",), "bitsandbytes"),

@@ -288,11 +288,14 @@ def test_versions_for_cell_keys():
     assert library_versions("quanto") == {"optimum-quanto": version("optimum-quanto")}
     assert library_versions("w4a-gptq") == {}
     assert library_versions("mxfp4") == {} and library_versions("w4a-rtn-rot") == {"torchao": version("torchao")}
-    assert set(code_versions("w4a-gptq")) == {"core", "gptq", "formats", "activation"}
-    assert set(code_versions("kv")) == {"core", "formats", "attn"}
-    assert set(code_versions("attn-p8")) == {"core", "attn"}
-    assert set(code_versions("w8a-rtn-sq")) == {"core", "rtn", "formats", "activation", "smoothquant"}
-    assert code_versions("rtn") == {"core": "1", "rtn": "1"}   # weight-only: as before sections existed
+    assert set(code_versions("w4a-gptq")) == {"quant.core", "quant.gptq", "quant.activation", "calibration"}
+    assert set(code_versions("kv")) == {"quant.core", "quant.kv_cache"}
+    assert set(code_versions("attn-p8")) == {"quant.core", "quant.attention"}
+    assert set(code_versions("w8a-rtn-sq")) == {"quant.core", "quant.rtn", "quant.activation", "quant.smoothquant",
+                                                "calibration"}
+    from qbench.identity import AREAS
+
+    assert code_versions("rtn") == {"quant.core": AREAS["quant.core"].version, "quant.rtn": AREAS["quant.rtn"].version}
     assert get("rtn", 4)[0].code_versions == code_versions("rtn")
 
 

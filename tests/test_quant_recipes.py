@@ -235,10 +235,11 @@ def test_labels():
         load_recipe("kv").label(4)
 
 
-def test_weight_only_recipes_resolve_as_before_sections_existed():
-    """Their resolved form (the cell key's recipe) has no new fields: keys of stored cells stay."""
+def test_weight_only_recipes_resolve_without_the_other_sections():
+    """The resolved form (the cell key's recipe) holds only the sections a recipe has."""
     assert load_recipe("rtn").to_dict() == {
-        "name": "rtn", "method": "rtn", "bits": [8, 4, 3, 2], "weight": {"group_size": 64, "symmetric": False},
+        "name": "rtn", "method": "rtn", "bits": [8, 4, 3, 2],
+        "weight": {"group_size": 64, "symmetric": False, "zero_point": "integer"},
         "layers": {"include": ["*_proj"], "exclude": ["lm_head"]}}
 
 

@@ -80,17 +80,16 @@ def test_smollm2_linear_weights_lie_on_the_q4_1_grid(smollm2):
     assert all(on_float_min_grid(m.weight.data) for m in linears.values())
 
 
-@pytest.mark.xfail(strict=True, reason="qbench.quant.rtn's asymmetric grid has an integer zero point over a range "
-                   "clamped to include 0 (GPTQ's grid); Q4_1 has a float offset (w = d*q + m), so RTN 4-bit g32 "
-                   "moves SmolLM2's weights by ~9% instead of reproducing them (quant area: see the report)")
 def test_rtn_4bit_g32_reproduces_q4_1_and_the_harness_reports_no_change(smollm2, tmp_path):
     from qbench.quant import QuantizerDidNothing, quantize
     from qbench.quant.rtn import rtn_weight
 
     w = smollm2.model.model.layers[0].self_attn.v_proj.weight.data
-    assert torch.equal(rtn_weight(w, 4, 32, symmetric=False), w)
+    assert torch.equal(rtn_weight(w, 4, 32, symmetric=False, zero_point="float"), w)
+    assert not torch.equal(rtn_weight(w, 4, 32, symmetric=False), w)          # gptq's integer zero point moves them
     recipe = tmp_path / "rtn-g32.yaml"
-    recipe.write_text("name: rtn-g32\nmethod: rtn\nbits: [4]\nweight: {group_size: 32, symmetric: false}\n")
+    recipe.write_text("name: rtn-g32\nmethod: rtn\nbits: [4]\nweight: {group_size: 32, symmetric: false, "
+                      "zero_point: float}\n")
     with pytest.raises(QuantizerDidNothing):
         quantize(copy.deepcopy(smollm2.model), recipe, 4)
 

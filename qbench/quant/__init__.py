@@ -14,14 +14,14 @@ See README.md in this folder for adding a recipe or a method.
 from .base import (Field, LayerwiseMethod, Method, MethodUnavailable, QuantError,
                    QuantizerDidNothing, RecipeError, get_method, methods, register)
 from .calib import calibration_batch, recipe_calibration
-from .core import (CORE_VERSION, LayerReport, QuantReport, code_versions, library_versions,
+from .core import (LayerReport, QuantReport, code_versions, library_versions,
                    check_fits, quantize, select_layers)
 from .recipe import (ActivationConfig, AttentionConfig, KVCacheConfig, Recipe, TransformConfig, available_recipes,
                      load_recipe, parse_recipe)
 
 __all__ = [
     "Field", "LayerwiseMethod", "Method", "MethodUnavailable", "QuantError", "QuantizerDidNothing",
-    "RecipeError", "get_method", "methods", "register", "calibration_batch", "recipe_calibration", "CORE_VERSION",
+    "RecipeError", "get_method", "methods", "register", "calibration_batch", "recipe_calibration",
     "LayerReport", "QuantReport", "code_versions", "library_versions", "quantize", "select_layers", "check_fits",
     "Recipe", "ActivationConfig", "AttentionConfig", "KVCacheConfig", "TransformConfig", "available_recipes",
     "load_recipe", "parse_recipe",

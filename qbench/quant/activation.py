@@ -22,7 +22,6 @@ import torch
 from . import formats
 from .rtn import fake_quant, grid_params
 
-CODE_VERSION = "1"
 
 
 def fake_quant_act(x: torch.Tensor, cfg) -> torch.Tensor:

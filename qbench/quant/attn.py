@@ -34,7 +34,6 @@ import torch
 
 from . import formats
 
-CODE_VERSION = "1"
 
 
 # --------------------------------------------------------------------------- the grids

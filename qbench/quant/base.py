@@ -107,7 +107,6 @@ class Method:
 
     name: ClassVar[str]                       # the recipe's `method`
     bits: ClassVar[tuple[int, ...]]           # widths the method supports
-    code_version: ClassVar[str] = "1"         # bump when the method's math changes
     libraries: ClassVar[tuple[str, ...]] = () # distributions whose versions go into cell keys
     imports: ClassVar[tuple[str, ...]] = ()   # modules that must import for the method to run
     weight_fields: ClassVar[dict[str, Field]] = {}
@@ -145,9 +144,6 @@ class Method:
 
     def library_versions(self, recipe) -> dict[str, str]:
         return {lib: _dist_version(lib) for lib in self.libraries}
-
-    def code_versions(self, recipe) -> dict[str, str]:
-        return {self.name: self.code_version}
 
     # ---- run hooks
     def check_available(self, recipe, device: torch.device) -> None:

@@ -13,14 +13,12 @@ from torch import nn
 
 from .base import Field, LayerwiseMethod, MethodUnavailable, RecipeError, register, storage_bits
 
-CODE_VERSION = "1"
 
 
 @register
 class BNB(LayerwiseMethod):
     name = "bnb"
     bits = (8, 4)
-    code_version = CODE_VERSION
     libraries = ("bitsandbytes",)
     imports = ("bitsandbytes",)
     weight_fields = {

@@ -32,7 +32,6 @@ from .base import (NOOP_TOL, Method, QuantError, QuantizerDidNothing, RecipeErro
                    forward, get_method, logits_of, model_device, probe_batch)
 from .recipe import Recipe, load_recipe, needs_calib
 
-CORE_VERSION = "1"   # bump when selection or measurement changes
 _LIB_PREFIXES = ("bitsandbytes", "optimum", "hqq")
 TRANSFORMS = {"smoothquant": smoothquant, "rotation": rotation}   # transform.type -> module (check, apply)
 
@@ -371,21 +370,10 @@ def library_versions(recipe: Recipe | str | Path) -> dict[str, str]:
 
 
 def code_versions(recipe: Recipe | str | Path) -> dict[str, str]:
-    """CODE_VERSION of qbench's own code that the recipe runs: the core, the method and each
-    section's module (only those present: a weight-only recipe's versions are as before)."""
-    recipe = load_recipe(recipe)
-    out = {"core": CORE_VERSION}
-    if recipe.method:
-        out.update(get_method(recipe.method).code_versions(recipe))
-    if recipe.activation is not None or recipe.kv_cache is not None:
-        out["formats"] = formats.CODE_VERSION
-    if recipe.activation is not None:
-        out["activation"] = activation.CODE_VERSION
-    if recipe.kv_cache is not None or recipe.attention is not None:
-        out["attn"] = attn.CODE_VERSION
-    if recipe.transform is not None:
-        out[recipe.transform.type] = TRANSFORMS[recipe.transform.type].CODE_VERSION
-    return out
+    """Versions of the quantization code areas the recipe runs through (qbench/identity.py)."""
+    from ..identity import AREAS, areas_of_recipe
+
+    return {name: AREAS[name].version for name in areas_of_recipe(load_recipe(recipe).to_dict())}
 
 
 # --------------------------------------------------------------------------- helpers

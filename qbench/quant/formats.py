@@ -39,7 +39,6 @@ import torch
 
 from .base import LayerwiseMethod, Field, MethodUnavailable, register
 
-CODE_VERSION = "1"
 FP8_MAX = 448.0
 E4M3_TINY = torch.finfo(torch.float8_e4m3fn).tiny   # 2^-6, the smallest normal E4M3 value
 MX_BLOCK, NV_BLOCK = 32, 16
@@ -152,7 +151,6 @@ class FormatMethod(LayerwiseMethod):
     """Weights fake-quantized in place on a float format's grid (stay nn.Linear); `name` is
     the format."""
 
-    code_version = CODE_VERSION
     group_size_field = "method"   # the block size is the format's, not a field
 
     @property

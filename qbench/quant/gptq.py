@@ -37,7 +37,6 @@ from torch import nn
 from .base import Field, Method, QuantError, calibration_batches, eval_mode, forward, register
 from .rtn import WEIGHT_FIELDS as RTN_FIELDS, fake_quant_bits, grid_params
 
-CODE_VERSION = "1"
 
 
 # --------------------------------------------------------------------------- the algorithm
@@ -315,7 +314,6 @@ WEIGHT_FIELDS = {
 class GPTQ(Method):
     name = "gptq"
     bits = (2, 3, 4, 5, 6, 7, 8)
-    code_version = CODE_VERSION
     weight_fields = WEIGHT_FIELDS
     uses_calib = True
 

@@ -13,7 +13,6 @@ from torch import nn
 
 from .base import Field, LayerwiseMethod, register, storage_bits
 
-CODE_VERSION = "1"
 
 
 def _meta_tensors(meta) -> list[torch.Tensor]:
@@ -28,7 +27,6 @@ def _meta_tensors(meta) -> list[torch.Tensor]:
 class HQQ(LayerwiseMethod):
     name = "hqq"
     bits = (8, 4, 3, 2)
-    code_version = CODE_VERSION
     libraries = ("hqq",)
     imports = ("hqq.core.quantize",)
     weight_fields = {

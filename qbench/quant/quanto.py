@@ -17,14 +17,12 @@ import torch
 from .base import (Field, Method, QuantError, RecipeError, calibration_batches, eval_mode, forward, register,
                    storage_bits)
 
-CODE_VERSION = "1"
 
 
 @register
 class Quanto(Method):
     name = "quanto"
     bits = (8, 4, 2)
-    code_version = CODE_VERSION
     libraries = ("optimum-quanto",)
     imports = ("optimum.quanto",)
     weight_fields = {

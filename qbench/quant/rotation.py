@@ -29,7 +29,6 @@ from .base import RecipeError, input_chain
 from .formats import torchao_module
 from .layout import find_layout
 
-CODE_VERSION = "1"
 _HADAMARD = "torchao.prototype.spinquant.hadamard_utils"
 
 

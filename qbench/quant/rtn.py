@@ -7,21 +7,23 @@ of `group_size` consecutive input columns.
   round(-min / scale) in [0, 2^b - 1];
 - symmetric: scale = 2 * absmax / (2^b - 1), fixed zero point 2^(b-1) (all 2^b levels used).
 q = clamp(round(w / scale) + zero, 0, 2^b - 1); w_q = scale * (q - zero).
+rtn itself can also use a float offset (`zero_point: float`, asymmetric only): the min-max grid of
+GGUF's Q4_1 / Q5_1, scale = (max - min) / (2^b - 1), q = clamp(round((w - min) / scale)),
+w_q = scale * q + min; on SmolLM2's Q4_1 weights it reproduces every linear layer exactly at 4 bits,
+group 32 (tests/test_real_models.py), so the harness reports "no change" there.
 Weights stay nn.Linear holding the fake-quantized values (in the model's dtype).
 
 Effective bits per weight: b + (s + z) / g with g the group length (in_features when per
 channel), s the bits of one scale in the model's dtype, z = b for an asymmetric zero point
-(stored as a b-bit integer) and 0 for symmetric. The GPTQ storage format, with scales kept in
-the model's dtype.
+(stored as a b-bit integer), s for a float offset, and 0 for symmetric. The GPTQ storage format,
+with scales kept in the model's dtype.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .base import Field, LayerwiseMethod, dtype_bits, register
-
-CODE_VERSION = "1"
+from .base import Field, LayerwiseMethod, RecipeError, dtype_bits, register
 
 
 def grid_params(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,21 +53,29 @@ def fake_quant(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: i
     return scale * (q - zero)
 
 
-def rtn_weight(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool) -> torch.Tensor:
+def rtn_weight(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool,
+               zero_point: str = "integer") -> torch.Tensor:
     """Round-to-nearest of a [out, in] weight; returns float32 of the same shape."""
     out_f, in_f = w.shape
     g = group_size or in_f
     if in_f % g:
         raise ValueError(f"group size {g} does not divide in_features {in_f}")
     wg = w.float().reshape(out_f * (in_f // g), g)
+    if zero_point == "float":
+        maxq = 2 ** bits - 1
+        lo = wg.amin(dim=1, keepdim=True)
+        scale = (wg.amax(dim=1, keepdim=True) - lo) / maxq
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        return (scale * torch.clamp(torch.round((wg - lo) / scale), 0, maxq) + lo).reshape(out_f, in_f)
     scale, zero = grid_params(wg, bits, symmetric)
     return fake_quant(wg, scale, zero, bits).reshape(out_f, in_f)
 
 
 def fake_quant_bits(bits: int, group_size: int | None, symmetric: bool, in_features: int,
-                    scale_dtype: torch.dtype) -> float:
+                    scale_dtype: torch.dtype, zero_point: str = "integer") -> float:
     g = group_size or in_features
-    return bits + (dtype_bits(scale_dtype) + (0 if symmetric else bits)) / g
+    zero = 0 if symmetric else (dtype_bits(scale_dtype) if zero_point == "float" else bits)
+    return bits + (dtype_bits(scale_dtype) + zero) / g
 
 
 WEIGHT_FIELDS = {
@@ -79,13 +89,19 @@ WEIGHT_FIELDS = {
 class RTN(LayerwiseMethod):
     name = "rtn"
     bits = (2, 3, 4, 5, 6, 7, 8)
-    code_version = CODE_VERSION
-    weight_fields = WEIGHT_FIELDS
+    weight_fields = {**WEIGHT_FIELDS,
+                     "zero_point": Field(str, default="integer", choices=("integer", "float"),
+                                         doc="asymmetric grid: an integer zero point over a range that holds 0 "
+                                             "(gptq's grid), or a float offset at the group minimum (GGUF's Q4_1)")}
+
+    def validate(self, recipe):
+        if recipe.weight["zero_point"] == "float" and recipe.weight["symmetric"]:
+            raise RecipeError(recipe.source, "weight.zero_point", "a float offset needs symmetric: false")
 
     @torch.no_grad()
     def quantize_layer(self, linear: nn.Linear, recipe, bits: int) -> nn.Module:
-        w = linear.weight
-        wq = rtn_weight(w.data, bits, recipe.weight["group_size"], recipe.weight["symmetric"])
+        w, cfg = linear.weight, recipe.weight
+        wq = rtn_weight(w.data, bits, cfg["group_size"], cfg["symmetric"], cfg["zero_point"])
         w.data.copy_(wq.to(w.dtype))
         return linear
 
@@ -93,5 +109,6 @@ class RTN(LayerwiseMethod):
         return module.weight
 
     def bits_per_weight(self, module, recipe, bits):
-        return fake_quant_bits(bits, recipe.weight["group_size"], recipe.weight["symmetric"],
-                               module.in_features, module.weight.dtype)
+        cfg = recipe.weight
+        return fake_quant_bits(bits, cfg["group_size"], cfg["symmetric"], module.in_features, module.weight.dtype,
+                               cfg["zero_point"])

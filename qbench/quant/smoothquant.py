@@ -26,7 +26,6 @@ import torch
 from .base import QuantizerDidNothing, calibration_batches, eval_mode, forward
 from .layout import find_layout
 
-CODE_VERSION = "1"
 
 
 def smoothing_factor(act_absmax: torch.Tensor, weight_absmax: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -46,6 +46,8 @@ def register(subparsers) -> None:
                    help="the recipes' own calibration batches even on CPU (ignore the sweep file's cpu_calib)")
     p.add_argument("--workers", type=_positive, default=1, metavar="N",
                    help="local worker processes over disjoint cells; on CUDA one per GPU (CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--workers-per-gpu", type=_positive, default=1, metavar="K",
+                   help="on CUDA, K local workers share each GPU (for small models; default 1)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: this process or --workers processes; ray: one Ray task per cell (pip install "
                         "qbench[ray]; see --address)")
@@ -84,7 +86,7 @@ def _executor(args, sweep, n_todo: int):
     if given:
         raise ValueError(f"{', '.join(given)}: only with --executor ray")
     if args.workers > 1 and n_todo > 1:
-        return Processes(min(args.workers, n_todo), sweep.device, sweep.dtype, log=print)
+        return Processes(min(args.workers, n_todo), sweep.device, sweep.dtype, log=print, per_gpu=args.workers_per_gpu)
     return InProcess(sweep.dtype)
 
 

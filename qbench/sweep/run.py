@@ -96,9 +96,10 @@ def _set_pdeathsig():  # pragma: no cover - runs in the child
         pass
 
 
-def worker_devices(n: int, device: str) -> list[dict]:
+def worker_devices(n: int, device: str, per_gpu: int = 1) -> list[dict]:
     """Environment overrides of each of `n` worker processes: a share of the CPU cores each (so
-    that n processes' thread pools do not compete for all of them) and, on CUDA, one GPU each."""
+    that n processes' thread pools do not compete for all of them) and, on CUDA, a GPU each
+    (`per_gpu` workers share one: small models leave a GPU idle while lm-eval works on the CPU)."""
     threads = str(max(1, (os.cpu_count() or 1) // n))
     cpu_share = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     if device == "cuda":
@@ -107,10 +108,10 @@ def worker_devices(n: int, device: str) -> list[dict]:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else [
             str(i) for i in range(torch.cuda.device_count())]
-        if n > len(ids):
-            raise ValueError(f"--workers {n}: only {len(ids)} GPU(s) visible ({', '.join(ids) or 'none'}); "
-                             f"one worker per GPU")
-        return [{**cpu_share, "CUDA_VISIBLE_DEVICES": ids[i]} for i in range(n)]
+        if n > len(ids) * per_gpu:
+            raise ValueError(f"--workers {n}: only {len(ids)} GPU(s) visible ({', '.join(ids) or 'none'}) for "
+                             f"{per_gpu} worker(s) per GPU (--workers-per-gpu)")
+        return [{**cpu_share, "CUDA_VISIBLE_DEVICES": ids[i // per_gpu]} for i in range(n)]
     return [dict(cpu_share) for _ in range(n)]
 
 
@@ -119,8 +120,8 @@ class Processes:
     its stdin and answers with one `@@result` JSON line; a worker that dies mid-cell yields a failed
     record for that cell and is replaced."""
 
-    def __init__(self, n: int, device: str, dtype: str, log):
-        self.envs = worker_devices(n, device)
+    def __init__(self, n: int, device: str, dtype: str, log, per_gpu: int = 1):
+        self.envs = worker_devices(n, device, per_gpu)
         self.dtype, self.log = dtype, log
         self.slots = n
         self.run_id, self.attempt = "", {}

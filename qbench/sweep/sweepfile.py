@@ -446,7 +446,8 @@ def load_sweep(path, *, results_dir=None, device: str | None = None, limit: int 
                 raise SweepError(source, f"cpu_calib.{key}", f"unknown field; known: {list(_CPU_CALIB_FIELDS)}")
             _opt_int(value, source, f"cpu_calib.{key}")
     seeds = _opt_int(data.get("calib_seeds", 1), source, "calib_seeds")
-    calib_applied = dev == "cpu" and bool(cpu_calib) and not full_calib
+    calib_applied = (dev == "cpu" and bool(cpu_calib) and not full_calib
+                     and any(p.recipe.calib is not None for p in points))
     resolved = []
     for p in points:
         if p.recipe.calib is None:

@@ -1,0 +1,13 @@
+# Sourced by every script of a GPU stay (the device tool runs them from the repository root;
+# $OUT comes back). Wheels carried in .whl/ are installed once per machine into /tmp/site; task
+# data, the bundled pair and large inputs are kept under /tmp between the calls of one stay.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 QBENCH_DATA=/tmp/qbdata HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export PYTHONPATH=/tmp/site:$PWD
+export OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" /tmp/qbdata
+qb() { python3 -m qbench.cli "$@"; }
+# the bundled pair travels in the first call only; later calls find it under /tmp
+if [ -d qbench/checkpoints/tiny ] && [ ! -d /tmp/ckpt/tiny ]; then mkdir -p /tmp/ckpt && cp -r qbench/checkpoints/tiny /tmp/ckpt/; fi
+if [ ! -d qbench/checkpoints/tiny ] && [ -d /tmp/ckpt/tiny ]; then mkdir -p qbench/checkpoints && ln -s /tmp/ckpt/tiny qbench/checkpoints/tiny; fi
+stamp() { echo "== $(date -u +%H:%M:%S) $*"; }

@@ -596,9 +596,15 @@ def load_model(path, attention: str | None = None, device="cpu", dtype=torch.flo
                               + "; ".join(loading.get("error_msgs") or []))
     if info.attention != info.own_attention:
         setattr(model.config, CONFIG_ATTENTION_FIELD, info.attention)
-    model = model.to(device).eval()
     if src.format == "gguf":
+        # transformers dequantizes GGUF tensors into plain float weights but still marks the model as
+        # quantized, which refuses .float()/.to(dtype) and makes save_pretrained write a GGUF
+        # quantization_config: after loading it is an ordinary float model
+        model.is_quantized, model.hf_quantizer = False, None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         _gguf_special_tokens(tokenizer, _gguf_header(src.file).metadata)
+    model = model.to(device).eval()
     if src.format != "qbench":
         check_routing(model, str(where))
     return Checkpoint(info.attention, str(path), model, tokenizer, checkpoint_hash(path, attention), src.format, info)

@@ -7,7 +7,7 @@ if [ ! -f /tmp/site/.done ]; then
     && touch /tmp/site/.done || exit 1
 fi
 [ -d /tmp/qbdata/tasks ] || tar -xJf .gpu/tasks.tar.xz -C /tmp/qbdata
-for part in .gpu/gguf.part*; do [ -f "$part" ] && cp "$part" /tmp/; done
+for f in .gpu/gguf.part* .gpu/train.txt.xz; do [ -f "$f" ] && cp "$f" /tmp/; done   # large inputs, carried in parts
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv
   python3 -c "import torch, triton, transformers, lm_eval; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'lm_eval', lm_eval.__version__)"
 } 2>&1 | tee "$OUT/env.txt"

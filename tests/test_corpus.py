@@ -290,7 +290,7 @@ def test_missing_inputs_are_clear_errors(tmp_path, tokenizer_dir, small_corpus):
         train_tokenizer(tmp_path, tmp_path / "tok")
     with pytest.raises(CorpusError, match="no tokenizer.json"):
         encode_corpus(small_corpus[0], tmp_path / "none", tmp_path / "x.npy")
-    with pytest.raises(ValueError, match="vocab_size"):
+    with pytest.raises(CorpusError, match="vocab_size"):
         from qbench.train.tokenizer import build_tokenizer
         build_tokenizer(["text"], vocab_size=100)
 

@@ -305,6 +305,19 @@ def test_data_corpus_command_parses():
     assert args.func is cmd_corpus and str(args.out) == "/tmp/c" and args.vocab_size == 1024
 
 
+def test_data_commands_refuse_bad_input_with_one_error_line(tmp_path, capsys):
+    """--vocab-size out of range: refused before any package is fetched; a bundle part that is not there."""
+    from qbench.cli import main
+
+    assert main(["data", "corpus", "--out", str(tmp_path / "c"), "--vocab-size", "100",
+                 "--downloads", str(tmp_path / "dl")]) == 2
+    assert capsys.readouterr().err == ("qbench data corpus: error: vocab_size (--vocab-size) must be in (259, 65536] "
+                                       "(uint16 ids), got 100\n")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "dl").exists()
+    assert main(["data", "unbundle", str(tmp_path / "none.tar.xz"), "--out", str(tmp_path / "u")]) == 2
+    assert capsys.readouterr().err == f"qbench data unbundle: error: bundle part {tmp_path / 'none.tar.xz'} not found\n"
+
+
 # -- the large corpus: HTML documentation, dictd, summaries, the code share, bundles ------------
 
 def test_html_to_text_keeps_main_drops_navigation_and_keeps_pre():

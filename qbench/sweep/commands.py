@@ -75,8 +75,8 @@ def _executor(args, sweep, n_todo: int):
                 "--cell-timeout": args.cell_timeout}
     if args.executor == "ray":
         if args.workers > 1:
-            raise SweepError("--workers is for the local executor; with --executor ray the cluster's size says "
-                             "how many cells run at once")
+            raise SweepError("command line", "--workers", "is for the local executor; with --executor ray the "
+                                                          "cluster's size says how many cells run at once")
         if n_todo == 0:
             return InProcess(sweep.dtype)   # every cell is stored: no cluster to join
         from .ray_executor import RayExecutor
@@ -85,7 +85,7 @@ def _executor(args, sweep, n_todo: int):
                            cpus_per_cell=args.cpus_per_cell or 1, cell_timeout=args.cell_timeout)
     given = [name for name, value in ray_only.items() if value is not None]
     if given:
-        raise SweepError(f"{', '.join(given)}: only with --executor ray")
+        raise SweepError("command line", ", ".join(given), "only with --executor ray")
     if args.workers > 1 and n_todo > 1:
         return Processes(min(args.workers, n_todo), sweep.device, sweep.dtype, log=print, per_gpu=args.workers_per_gpu)
     return InProcess(sweep.dtype)

@@ -1,38 +1,54 @@
-"""The `qbench` command. Each area adds its subcommands through a `register...` function."""
+"""The `qbench` command. Each area's commands live in its `commands.py`: `register(subparsers)` adds
+its top-level commands, `register_data` / `register_bench` its commands of the `data` and `bench`
+groups. Every user-facing error derives from qbench.errors.QBenchError and is caught once, here."""
 import argparse
+import os
 import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qbench", description=__doc__)
+    from .bench import commands as bench
+    from .diagnostics import commands as diagnostics
+    from .eval import commands as eval_
+    from .model import commands as model
+    from .report import commands as report
+    from .sweep import commands as sweep
+    from .train import commands as train
+
+    parser = argparse.ArgumentParser(prog="qbench", description="Quantization benchmarks of softmax and softpick "
+                                     "attention pairs (`qbench COMMAND --help`: a command's options).")
     parser.add_argument("--recipes", action="append", default=[], metavar="DIR",
                         help="a folder of recipes and sweep files, searched before the shipped ones (repeatable; "
                              "also QBENCH_RECIPES)")
     sub = parser.add_subparsers(dest="command", required=True)
-    from . import bench_commands, data_commands
-    from .diagnostics import commands as diagnostics_commands
-    from .model import commands as model_commands
-    from .report import commands as report_commands
-    from .sweep import commands as sweep_commands
-    from .train.train import register_train_command
-
-    for register in (model_commands.register, data_commands.register, register_train_command, sweep_commands.register,
-                     report_commands.register, diagnostics_commands.register, bench_commands.register):
-        register(sub)
+    model.register(sub)
+    data = sub.add_parser("data", help="build the corpus, prepare offline task data or fetch real models")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    train.register(sub)
+    sweep.register(sub)
+    report.register(sub)
+    diagnostics.register(sub)
+    bench_group = sub.add_parser("bench", help="speed benchmarks")
+    bench_sub = bench_group.add_subparsers(dest="bench_command", required=True)
+    for area in (train, eval_, model):
+        area.register_data(data_sub)
+    for area in (bench, eval_):
+        area.register_bench(bench_sub)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.recipes:
-        import os
-
         os.environ["QBENCH_RECIPES"] = os.pathsep.join([*args.recipes, os.environ.get("QBENCH_RECIPES", "")]).rstrip(os.pathsep)
     from .errors import QBenchError
+
     try:
         return args.func(args) or 0
     except QBenchError as err:
-        print(f"qbench {args.command}: error: {err}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "data_command", None),
+                                         getattr(args, "bench_command", None))))
+        print(f"qbench {command}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -88,6 +88,7 @@ NOT_NUMERICAL = {
     "eval/tasks.py": "task-set names (in the key) and the task data fingerprint (in the key)",
     "eval/data.py": "prepares task data (its output is fingerprinted into the key)",
     "eval/bench.py": "benchmarks",
+    "eval/commands.py": "qbench data prepare / qbench bench eval",
 }
 
 

@@ -290,7 +290,7 @@ def test_missing_inputs_are_clear_errors(tmp_path, tokenizer_dir, small_corpus):
         train_tokenizer(tmp_path, tmp_path / "tok")
     with pytest.raises(CorpusError, match="no tokenizer.json"):
         encode_corpus(small_corpus[0], tmp_path / "none", tmp_path / "x.npy")
-    with pytest.raises(ValueError, match="vocab_size"):
+    with pytest.raises(CorpusError, match="vocab_size"):
         from qbench.train.tokenizer import build_tokenizer
         build_tokenizer(["text"], vocab_size=100)
 
@@ -303,6 +303,19 @@ def test_data_corpus_command_parses():
 
     args = build_parser().parse_args(["data", "corpus", "--out", "/tmp/c", "--vocab-size", "1024"])
     assert args.func is cmd_corpus and str(args.out) == "/tmp/c" and args.vocab_size == 1024
+
+
+def test_data_commands_refuse_bad_input_with_one_error_line(tmp_path, capsys):
+    """--vocab-size out of range: refused before any package is fetched; a bundle part that is not there."""
+    from qbench.cli import main
+
+    assert main(["data", "corpus", "--out", str(tmp_path / "c"), "--vocab-size", "100",
+                 "--downloads", str(tmp_path / "dl")]) == 2
+    assert capsys.readouterr().err == ("qbench data corpus: error: vocab_size (--vocab-size) must be in (259, 65536] "
+                                       "(uint16 ids), got 100\n")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "dl").exists()
+    assert main(["data", "unbundle", str(tmp_path / "none.tar.xz"), "--out", str(tmp_path / "u")]) == 2
+    assert capsys.readouterr().err == f"qbench data unbundle: error: bundle part {tmp_path / 'none.tar.xz'} not found\n"
 
 
 # -- the large corpus: HTML documentation, dictd, summaries, the code share, bundles ------------

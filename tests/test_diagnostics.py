@@ -4,13 +4,10 @@ import gzip
 import json
 import math
 import random
-import sys
 
 import pytest
 import torch
 
-from qbench.diagnostics.commands import register
-from qbench.errors import QBenchError
 from qbench.diagnostics import (Moments, activation_extremes, attention_sparsity, diagnose_pair, kurtosis,
                                 read_quant_errors, sink_rate)
 from qbench.diagnostics.collect import chunked_attention_stats, collect, sample_windows
@@ -21,17 +18,10 @@ WORDS = ("the quick brown fox jumps over a lazy dog bird in hand is worth two bu
 
 
 def main(argv):
-    """`qbench diagnose ARGV` through this area's own registration (independent of the other areas)."""
-    import argparse
+    """`qbench diagnose ARGV`."""
+    from qbench.cli import main as qbench
 
-    parser = argparse.ArgumentParser(prog="qbench")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["diagnose", *argv])
-    try:
-        return args.func(args)
-    except QBenchError as err:  # as qbench.cli.main does
-        print(f"qbench diagnose: error: {err}", file=sys.stderr)
-        return 2
+    return qbench(["diagnose", *argv])
 
 
 def make_docs(n=40, seed=1):
@@ -239,7 +229,9 @@ def test_diagnose_refuses_before_any_work(tiny_pair, tmp_path, capsys, monkeypat
     assert "exists and is not a folder" in capsys.readouterr().err
     assert main(base + ["--seq-len", "16", "--attention", "softpick,softmax,softmax"]) == 2
     assert "one per checkpoint (2)" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
+    assert main(base + ["--seq-len", "16", "--results", str(tmp_path / "no-results")]) == 2
+    assert capsys.readouterr().err == f"qbench diagnose: error: results folder not found: {tmp_path / 'no-results'} (--results)\n"
+    assert not (tmp_path / "o").exists() and not (tmp_path / "no-results").exists()
 
 
 def test_diagnose_any_number_of_arms_with_forced_kinds(tiny_pair, tmp_path):

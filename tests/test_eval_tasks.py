@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from qbench import paths
-from qbench.eval import TaskDataError, TokenizerError, UnknownTaskError, data
+from qbench.eval import TaskDataError, TokenizerError, UnknownTaskError, commands, data
 from qbench.eval.tasks import TASK_SETS, check_prepared, resolve_tasks
 
 STOCK = Path(__import__("lm_eval").__file__).parent / "tasks"
@@ -226,9 +226,9 @@ def test_prepare_command_registers():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
     data_parser = sub.add_parser("data").add_subparsers(dest="data_command")
-    data.register_data_commands(data_parser)
+    commands.register_data(data_parser)
     args = parser.parse_args(["data", "prepare", "--heldout", "x.txt.gz"])
-    assert args.heldout == "x.txt.gz" and args.func is data.cmd_prepare
+    assert args.heldout == "x.txt.gz" and args.func is commands.cmd_prepare
 
 
 @pytest.fixture(scope="module")

@@ -28,20 +28,22 @@ def installed(tmp_path_factory):
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", str(wheel)],
-                   check=True, capture_output=True, timeout=300)
+    # --ignore-installed: the qbench that this environment's site-packages holds (an editable install of a
+    # checkout, seen through deps.pth) would otherwise count as installed already, and the wheel be skipped
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--ignore-installed",
+                    str(wheel)], check=True, capture_output=True, timeout=300)
     return venv
 
 
 def test_wheel_runs_a_sweep_from_another_folder(installed, data_dir, tmp_path):
+    env = {**os.environ, "QBENCH_DATA": str(data_dir), "PYTHONPATH": ""}   # (a PYTHONPATH would find the checkout)
     where = subprocess.run([str(installed / "bin" / "python"), "-c",
                             "import qbench, qbench.paths as p; print(qbench.__file__); print(p.BUNDLED_SOFTMAX)"],
-                           capture_output=True, text=True, cwd=tmp_path, check=True).stdout.split()
+                           capture_output=True, text=True, cwd=tmp_path, env=env, check=True).stdout.split()
     assert all(str(installed) in w for w in where), where            # the installed copy, not the checkout's
     sweep = tmp_path / "mine.yaml"
     sweep.write_text(json.dumps({"name": "mine", "pair": "bundled", "tasks": ["qb_arc_easy", "qb_heldout_ppl"],
                                  "limit": 2, "grid": [{"recipe": "rtn", "bits": [8]}]}))
-    env = {**os.environ, "QBENCH_DATA": str(data_dir), "PYTHONPATH": ""}
     run = subprocess.run([str(installed / "bin" / "qbench"), "sweep", str(sweep), "--results", "out", "--no-progress"],
                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
@@ -60,3 +62,10 @@ def test_wheel_runs_a_sweep_from_another_folder(installed, data_dir, tmp_path):
     dry = subprocess.run([str(installed / "bin" / "qbench"), "--recipes", str(mine), "sweep", str(sweep), "--dry-run",
                           "--results", "out"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert dry.returncode == 0 and "2 stored" in dry.stdout and "2 to compute" in dry.stdout, dry.stdout[-2000:]
+    # the benchmarks are modules of the package: `qbench bench ...` runs them from any folder
+    same = subprocess.run([str(installed / "bin" / "qbench"), "bench", "compare-stores", "out", "out"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert same.returncode == 0 and "metric values compared: " in same.stdout, same.stdout[-2000:] + same.stderr[-2000:]
+    help_ = subprocess.run([str(installed / "bin" / "python"), "-m", "qbench.bench.attention", "--help"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert help_.returncode == 0 and help_.stdout.startswith("usage: qbench bench attention "), help_.stderr[-2000:]

@@ -1,5 +1,5 @@
-"""Random paper-size models (qbench/bench_models.py), `qbench bench model`, and every step of
-benchmarks/paper_scale.py in its --tiny mode (CPU; the kernels in the Triton interpreter)."""
+"""Random paper-size models (qbench/bench/models.py), `qbench bench model`, and every step of
+qbench/bench/paper_scale.py in its --tiny mode (CPU; the kernels in the Triton interpreter)."""
 import importlib.util
 import json
 import os
@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_paper_sizes_have_the_papers_shapes_and_parameter_counts():
-    from qbench import bench_models
+    from qbench.bench import models as bench_models
 
     counts = {}
     for size in ("340M", "1.8B"):
@@ -30,7 +30,7 @@ def test_paper_sizes_have_the_papers_shapes_and_parameter_counts():
 
 
 def test_random_specs():
-    from qbench import bench_models
+    from qbench.bench import models as bench_models
 
     assert bench_models.parse_spec("random:340M") == ("340M", "softmax")
     assert bench_models.parse_spec("random:1.8B:softpick") == ("1.8B", "softpick")
@@ -62,8 +62,8 @@ def test_bench_model_command_saves_a_loadable_pair(tmp_path, capsys):
 def test_paper_scale_tiny_runs_every_step(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TRITON_INTERPRET": "1",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "paper_scale.py"), "--tiny", "--out",
-                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+    proc = subprocess.run([sys.executable, "-m", "qbench.bench.paper_scale", "--tiny", "--out", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     results = json.loads((tmp_path / "paper-scale.json").read_text())["results"]
     assert set(results) == {"kernel", "gptq", "eval", "cell"}
@@ -82,11 +82,21 @@ def test_paper_scale_tiny_runs_every_step(tmp_path):
     assert last[-1].startswith("| one cell tiny"), last[-12:]   # the short table comes last
 
 
-def test_script_subcommands_pass_every_argument_to_the_script(capsys):
-    """`qbench bench attention --compile-only ...`: options go to the script, not to qbench's parser."""
-    from qbench.cli import build_parser
+def test_module_subcommands_pass_every_argument_to_the_module(capsys):
+    """`qbench bench attention --compile-only ...`: options go to qbench.bench.attention.main, not to
+    qbench's parser; its errors come through qbench's one error line."""
+    from qbench.cli import build_parser, main
 
     args = build_parser().parse_args(["bench", "paper-scale", "--tiny", "--out", "x", "--steps", "gptq"])
-    assert args.script_args == ["--tiny", "--out", "x", "--steps", "gptq"]
+    assert args.module_args == ["--tiny", "--out", "x", "--steps", "gptq"]
     args = build_parser().parse_args(["bench", "attention", "--help"])
-    assert args.script_args == ["--help"]
+    assert args.module_args == ["--help"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "compare-stores", "--help"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("usage: qbench bench compare-stores ")
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "paper-scale", "--out", "x", "--steps", "gptq,nope"])
+    assert exit_.value.code == 2 and "qbench bench paper-scale: error: unknown steps ['nope']" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "attention", "--quick"]) == 2
+        assert capsys.readouterr().err == "qbench bench attention: error: needs a CUDA device (--compile-only needs none)\n"

@@ -310,7 +310,7 @@ def test_cell_timeout_cancels_and_fails_the_cell(ray_env, tiny_pair, tmp_path, c
 
 def test_ray_options_need_the_ray_executor(tiny_pair, tmp_path, capsys):
     path = write_sweep(tmp_path, tiny_pair, [{"recipe": "rtn", "bits": [4]}], limit=2)
-    for extra, message in ((["--cell-timeout", "5"], "--cell-timeout: only with --executor ray"),
-                           (["--executor", "ray", "--workers", "2"], "--workers is for the local executor")):
+    for extra, message in ((["--cell-timeout", "5"], "field '--cell-timeout': only with --executor ray"),
+                           (["--executor", "ray", "--workers", "2"], "field '--workers': is for the local executor")):
         assert main(["sweep", str(path), "--results", str(tmp_path / "r"), *extra]) == 2
-        assert message in capsys.readouterr().err
+        assert capsys.readouterr().err.startswith(f"qbench sweep: error: command line: {message}")

@@ -192,12 +192,9 @@ def test_cli_table_and_plot(results, tmp_path, capsys):
 
 
 def test_compare_stores_finds_a_changed_metric(tmp_path):
-    """benchmarks/compare_stores.py on the committed H200 store: itself equal; one changed value found."""
-    import importlib.util
+    """qbench.bench.compare_stores on the committed H200 store: itself equal; one changed value found."""
+    from qbench.bench import compare_stores as compare
 
-    spec = importlib.util.spec_from_file_location("compare_stores", paths.SOURCE_ROOT / "benchmarks" / "compare_stores.py")
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
     store = paths.SOURCE_ROOT / "results" / "h200-tiny-full"
     copy = tmp_path / "copy"
     shutil.copytree(store / "cells", copy / "cells")

@@ -280,9 +280,13 @@ def test_existing_checkpoint_needs_overwrite(trained, corpus):
 
 
 def test_cli_errors_are_clear(tmp_path, capsys, monkeypatch):
+    """`python -m qbench.train.train ARGS` (what a pair's children run) goes through `qbench train ARGS`:
+    one error line from qbench.cli, exit 2."""
     monkeypatch.setattr(T, "CORPUS_DIR", tmp_path / "nothing")
     assert T.main(["--preset", "nope", "--pair", "--out", str(tmp_path / "o")]) == 2
-    assert "valid presets: debug, tiny, small" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("qbench train: error: ") and err.count("\n") == 1
+    assert "valid presets: debug, tiny, small" in err
     assert T.main(["--preset", "debug", "--attention", "softmax", "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
     assert "qbench data corpus" in capsys.readouterr().err
     assert T.main(["--preset", "debug", "--attention", "relu", "--out", str(tmp_path / "o")]) == 2
@@ -292,10 +296,12 @@ def test_cli_errors_are_clear(tmp_path, capsys, monkeypatch):
 def test_train_command_registers():
     import argparse
 
+    from qbench.train import commands
+
     parser = argparse.ArgumentParser()
-    T.register_train_command(parser.add_subparsers(dest="command"))
+    commands.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "--preset", "tiny", "--pair", "--out", "x"])
-    assert args.func is T.cmd_train and args.pair and args.preset == "tiny"
+    assert args.func is commands.cmd_train and args.pair and args.preset == "tiny"
 
 
 def test_attention_inputs_share_dtype_under_autocast(monkeypatch):

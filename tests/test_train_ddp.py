@@ -11,6 +11,7 @@ from conftest import make_tokenizer
 from qbench.train import data as D
 from qbench.train import launch as L
 from qbench.train import train as T
+from qbench.train.commands import format_measurement
 from qbench.train.start import fresh_model
 from train_fixtures import make_corpus, read_log, spec
 
@@ -104,7 +105,7 @@ def test_measure_steps_saves_nothing_but_the_measurement(corpus, tmp_path):
     assert m["preset_minutes"] == pytest.approx(m["preset_tokens"] / m["tokens_per_second"] / 60, abs=0.06)
     assert m["tokens_in_30_minutes"] == pytest.approx(m["tokens_per_second"] * 1800, rel=1e-3)
     assert sorted(p.name for p in out.iterdir()) == ["measure_softpick.json"]
-    assert T.format_measurement(m).startswith("debug softpick: ")
+    assert format_measurement(m).startswith("debug softpick: ")
     assert T.train_one(spec(corpus, None, "softmax", measure_steps=3))["steps_timed"] == 2   # no folder needed
 
 

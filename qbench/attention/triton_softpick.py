@@ -414,7 +414,7 @@ VARIANTS = ("tma",)   # the optional 5th entry of a config in the table
 
 # Candidates that `qbench bench attention --tune` times per (kernel, head-dim class, T bucket);
 # the GPU tests check each against float64. Every non-tma entry compiles for sm_90 without
-# register spills (bf16; `python benchmarks/attention.py --compile-only` prints registers, spills,
+# register spills (bf16; `qbench bench attention --compile-only` prints registers, spills,
 # shared memory, wgmma and TMA instructions for all of them).
 FWD_CONFIGS = {
     64: [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (128, 32, 4, 4),

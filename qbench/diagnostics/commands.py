@@ -49,6 +49,7 @@ def cmd_diagnose(args) -> int:
     from ..model import inspect_checkpoint
     from .api import diagnose
     from .output import check_out_dir, markdown_table, write_diagnostics
+    from .quant_error import cells_dir
 
     results = args.results
     if len(args.paths) == 1 and Path(args.paths[0]).suffix in (".yaml", ".yml"):
@@ -68,7 +69,9 @@ def cmd_diagnose(args) -> int:
     labels = [label or default for (_, _, label), default in zip(arms, defaults)]
     out = Path(args.out) if args.out else (Path(results) / "diagnostics" if results else
                                            paths.DATA_DIR / "diagnostics")
-    # refuse before any work: output path, sample sizes, lengths past a model's positions, bad weights
+    # refuse before any work: results folder, output path, sample sizes, lengths past a model's positions, bad weights
+    if results:
+        cells_dir(results)   # a missing --results folder is refused now, not after the models ran
     check_out_dir(out)
     check_sample(args.samples, args.seq_len, args.subsamples)
     if not Path(args.text).is_file():

@@ -18,13 +18,15 @@ from pathlib import Path
 LAYER_RE = re.compile(r"layers\.(\d+)\.(.+)$")
 
 
-def _cells_dir(results) -> Path:
+def cells_dir(results) -> Path:
     results = Path(results)
     if (results / "cells").is_dir():
         return results / "cells"
     if results.is_dir():
         return results
-    raise FileNotFoundError(f"results folder not found: {results}")
+    from .collect import DiagnosticsError
+
+    raise DiagnosticsError(f"results folder not found: {results} (--results)")
 
 
 def _layer_errors(report: dict) -> dict[str, float]:
@@ -40,9 +42,9 @@ def read_quant_errors(results, hashes: dict[str, str] | None = None, num_layers:
     (model, recipe, bits): cells that differ only in tasks or limits share their quantization,
     the first cell in key order is used.
     """
-    cells_dir = _cells_dir(results)
+    folder = cells_dir(results)
     rows, seen, skipped = [], set(), {"other_checkpoint": 0, "no_report": 0, "unreadable": 0}
-    for path in sorted(cells_dir.glob("*.json")):
+    for path in sorted(folder.glob("*.json")):
         try:
             cell = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -72,4 +74,4 @@ def read_quant_errors(results, hashes: dict[str, str] | None = None, num_layers:
         rows.append({"model": kind, "recipe": key[1], "bits": key[2], "per_layer": per_layer, "by_module": errors,
                      "overall": float(overall) if isinstance(overall, (int, float)) else None, "cell": path.name})
     rows.sort(key=lambda r: (str(r["recipe"]), -(r["bits"] or 0), str(r["model"])))
-    return {"source": str(cells_dir), "rows": rows, "skipped": skipped}
+    return {"source": str(folder), "rows": rows, "skipped": skipped}

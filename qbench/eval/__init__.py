@@ -18,8 +18,7 @@ _LAZY = {
     "QBenchLM": "adapter", "check_tokenizer": "adapter",
     "TASK_SETS": "tasks", "TASK_INFO": "tasks", "OFFLINE_TASKS": "tasks", "ONLINE_TASKS": "tasks",
     "resolve_tasks": "tasks", "check_prepared": "tasks", "task_fingerprint": "tasks",
-    "prepare": "data", "register_data_commands": "data",
-    "register_bench_commands": "bench",
+    "prepare": "data",
 }
 
 

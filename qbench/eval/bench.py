@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from .. import paths
 def _load(model_path, device, dtype):
     import torch
 
-    from .. import bench_models
+    from ..bench import models as bench_models
     from ..model import load_checkpoint
 
     if bench_models.parse_spec(model_path):   # random:SIZE[:ATTENTION], a random model built in memory
@@ -260,55 +259,3 @@ def _write(out, result: dict, log) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         log(f"written {out}")
-
-
-def cmd_bench_eval(args) -> int:
-    from .errors import EvalError
-
-    common = dict(model_path=args.model, tasks=args.tasks, limit=args.limit, device=args.device, dtype=args.dtype,
-                  out=args.out)
-    try:
-        if args.batch_check:
-            bench_batch_check(settings=((args.max_batch_tokens or 4096, args.batch_size),
-                                        (args.check_max_batch_tokens, args.check_batch_size)), **common)
-        elif args.overhead:
-            bench_overhead(calls=args.calls, **common)
-        else:
-            bench_eval(hf_batch_size=args.hf_batch_size, batch_size=args.batch_size,
-                       max_batch_tokens=args.max_batch_tokens, **common)
-    except EvalError as err:
-        print(f"qbench: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def register_bench_commands(bench_subparsers) -> None:
-    """Adds `eval` to the `qbench bench` subcommands."""
-    p = bench_subparsers.add_parser("eval", help="time our lm-eval scorer against lm-eval's stock HFLM "
-                                                 "(--batch-check: its noise floor; --overhead: per-call overhead)",
-                                    description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help=f"checkpoint folder (default {paths.BUNDLED_SOFTMAX}), or "
-                                                  "random:SIZE[:ATTENTION] for a random model at a paper size "
-                                                  "(random:340M, random:1.8B:softpick; qbench/bench_models.py)")
-    p.add_argument("--tasks", default="paper", help="task set or comma-separated tasks (default paper)")
-    p.add_argument("--limit", type=int, default=None, help="examples per task (default all)")
-    p.add_argument("--device", default=None, help="cuda or cpu (default cuda when available)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--hf-batch-size", type=int, default=32, help="batch size of the stock HFLM (default 32)")
-    p.add_argument("--batch-size", type=int, default=None, help="most rows per forward of ours (default: no cap)")
-    p.add_argument("--max-batch-tokens", type=int, default=None,
-                   help="token budget per forward of ours (default 32768 on CUDA, 4096 on CPU; "
-                        "--batch-check: 4096)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--batch-check", action="store_true",
-                      help="score with two batch settings (--max-batch-tokens/--batch-size and "
-                           "--check-max-batch-tokens/--check-batch-size) and count the items that change")
-    mode.add_argument("--overhead", action="store_true",
-                      help="split evaluate() calls into task set-up, scoring and lm-eval's own work")
-    p.add_argument("--check-max-batch-tokens", type=int, default=512,
-                   help="--batch-check: token budget of the second setting (default 512)")
-    p.add_argument("--check-batch-size", type=int, default=1,
-                   help="--batch-check: rows per forward of the second setting (default 1)")
-    p.add_argument("--calls", type=int, default=3, help="--overhead: timed calls per mode (default 3)")
-    p.add_argument("--out", default=None, help="also write the result as JSON here (e.g. results/bench/eval-h200.json)")
-    p.set_defaults(func=cmd_bench_eval)

@@ -491,27 +491,3 @@ def write_yamls(tasks_dir: Path | None = None, manifest: dict | None = None, cle
             if target.exists() and target.read_text() == text:
                 continue
             atomic_write_text(target, text)
-
-
-# ----------------------------------------------------------------------------- CLI
-def cmd_prepare(args) -> int:
-    try:
-        prepare(heldout=args.heldout, force=args.force)
-    except DataError as err:
-        print(f"qbench: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def register_data_commands(data_subparsers) -> None:
-    """Adds `prepare` to the `qbench data` subcommands."""
-    p = data_subparsers.add_parser(
-        "prepare", help="extract the benchmark tasks (paper: ARC-Easy, LAMBADA, PIQA, SciQ, held-out "
-                        "perplexity; extended: also HellaSwag, WinoGrande, ARC-Challenge, BoolQ, OpenBookQA) "
-                        "from local data and write their lm-eval YAMLs",
-        description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("--heldout", default=None,
-                   help=f"held-out text file for qb_heldout_ppl (gzip, documents separated by a line "
-                        f"holding only U+241E; default {DEFAULT_HELDOUT})")
-    p.add_argument("--force", action="store_true", help="extract again even if the data is there")
-    p.set_defaults(func=cmd_prepare)

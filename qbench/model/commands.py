@@ -61,7 +61,8 @@ def register(subparsers) -> None:
     info.set_defaults(func=cmd_info)
 
 
-def register_data_models(data_subparsers) -> None:
+def register_data(data_subparsers) -> None:
+    """Add `models` to the `qbench data` group."""
     from .real import __doc__ as doc
 
     p = data_subparsers.add_parser("models", help="fetch, verify and assemble the real models of real-models.md",

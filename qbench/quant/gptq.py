@@ -17,7 +17,7 @@ stage and stages are quantized in execution order, each seeing the outputs of th
 stages before it ("true_sequential"). Selected layers outside the blocks (or every layer when
 the model has no block list) get their Hessians from full-model forwards afterwards.
 
-Speed without changing a bit (benchmarks/gptq_compare.py checks against an older tree): the
+Speed without changing a bit (`python -m qbench.bench.gptq_compare` checks against an older tree): the
 layers of a stage share one Hessian (summed once) and one damped Cholesky factor, and one column
 loop runs over their stacked rows (GPTQ treats rows independently; each layer's products keep
 their own shapes); a stage's calibration forwards stop as soon as its layers have their inputs

@@ -69,13 +69,14 @@ def register(subparsers) -> None:
 
 def _executor(args, sweep, n_todo: int):
     from .run import InProcess, Processes
+    from .sweepfile import SweepError
 
     ray_only = {"--address": args.address, "--ray-ship": args.ray_ship, "--cpus-per-cell": args.cpus_per_cell,
                 "--cell-timeout": args.cell_timeout}
     if args.executor == "ray":
         if args.workers > 1:
-            raise ValueError("--workers is for the local executor; with --executor ray the cluster's size says "
-                             "how many cells run at once")
+            raise SweepError("command line", "--workers", "is for the local executor; with --executor ray the "
+                                                          "cluster's size says how many cells run at once")
         if n_todo == 0:
             return InProcess(sweep.dtype)   # every cell is stored: no cluster to join
         from .ray_executor import RayExecutor
@@ -84,7 +85,7 @@ def _executor(args, sweep, n_todo: int):
                            cpus_per_cell=args.cpus_per_cell or 1, cell_timeout=args.cell_timeout)
     given = [name for name, value in ray_only.items() if value is not None]
     if given:
-        raise ValueError(f"{', '.join(given)}: only with --executor ray")
+        raise SweepError("command line", ", ".join(given), "only with --executor ray")
     if args.workers > 1 and n_todo > 1:
         return Processes(min(args.workers, n_todo), sweep.device, sweep.dtype, log=print, per_gpu=args.workers_per_gpu)
     return InProcess(sweep.dtype)
@@ -125,11 +126,7 @@ def cmd_sweep(args) -> int:
         return 2 if corrupt else 0
     store.write_manifest(manifest(sweep, cells))
     todo = p.todo
-    try:
-        executor = _executor(args, sweep, len(todo))
-    except ValueError as err:
-        print(f"qbench sweep: error: {err}", file=sys.stderr)
-        return 2
+    executor = _executor(args, sweep, len(todo))
     try:
         summary = run_cells(todo, store, executor, run_id=new_run_id(), previous=p.previous, total=len(cells),
                             cached=len(p.of("done")), progress=not args.no_progress, desc=sweep.name)

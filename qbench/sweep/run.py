@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from .cells import CellSpec
 from .compute import ModelSource, compute_cell, stop_if_cuda_lost
 from .store import HEARTBEAT_SECONDS, Store
+from .sweepfile import SweepError
 
 POLL_SECONDS = 2.0
 
@@ -109,8 +110,8 @@ def worker_devices(n: int, device: str, per_gpu: int = 1) -> list[dict]:
         ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else [
             str(i) for i in range(torch.cuda.device_count())]
         if n > len(ids) * per_gpu:
-            raise ValueError(f"--workers {n}: only {len(ids)} GPU(s) visible ({', '.join(ids) or 'none'}) for "
-                             f"{per_gpu} worker(s) per GPU (--workers-per-gpu)")
+            raise SweepError("command line", "--workers", f"{n} workers, but only {len(ids)} GPU(s) visible "
+                             f"({', '.join(ids) or 'none'}) for {per_gpu} worker(s) per GPU (--workers-per-gpu)")
         return [{**cpu_share, "CUDA_VISIBLE_DEVICES": ids[i // per_gpu]} for i in range(n)]
     return [dict(cpu_share) for _ in range(n)]
 

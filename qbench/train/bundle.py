@@ -3,8 +3,8 @@ only through a copy of the working tree, 64 MiB per call), and tokenized there.
 
     qbench data bundle --corpus DIR --out corpus.tar.xz [--part-mib 60]
     qbench data unbundle corpus.tar.xz [corpus.tar.xz.part01 ...] --out DIR
-        (= python -m qbench.train.bundle unpack ..., which needs only the standard library to
-        unpack, and tokenizers + numpy to encode train.txt into DIR/train.tokens.u16)
+        (unpacking needs only the standard library, encoding train.txt into DIR/train.tokens.u16
+        tokenizers + numpy; the commands: qbench/train/commands.py)
 
 The bundle holds the split files, manifest.json, licenses/ and tokenizer/ (the token file is
 rebuilt there, byte-identical: the encoding is deterministic). With --part-mib the archive is
@@ -13,12 +13,10 @@ sha256 of the whole archive, which unbundle checks before unpacking.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
 import lzma
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -105,47 +103,3 @@ def read_bundle(paths: list, out_dir, tokenize: bool = True) -> dict:
         done.update(tokens=str(token_file), token_count=read_sidecar(token_file)["tokens"],
                     tokenize_seconds=round(time.time() - started, 1))
     return done
-
-
-def add_bundle_commands(data_subparsers, names=("bundle", "unbundle")) -> None:
-    p = data_subparsers.add_parser(names[0], help="pack a built corpus into one .tar.xz (to carry it elsewhere)")
-    p.add_argument("--corpus", type=Path, required=True, help="corpus folder (built by `qbench data corpus`)")
-    p.add_argument("--out", type=Path, required=True, help="the .tar.xz to write (and <out>.json beside it)")
-    p.add_argument("--part-mib", type=float, help="cut the archive into parts of at most this many MiB")
-    p.set_defaults(func=cmd_bundle)
-    u = data_subparsers.add_parser(names[1], help="unpack a corpus bundle and encode its train.txt")
-    u.add_argument("bundle", nargs="+", type=Path, help="the .tar.xz, or its parts in order")
-    u.add_argument("--out", type=Path, required=True, help="corpus folder to unpack into")
-    u.add_argument("--no-tokenize", action="store_true", help="unpack only")
-    u.set_defaults(func=cmd_unbundle)
-
-
-def cmd_bundle(args) -> int:
-    described = write_bundle(args.corpus, args.out, args.part_mib)
-    print(f"{', '.join(described['parts'])}: {described['bytes'] / 2**20:.1f} MiB "
-          f"({described['uncompressed_bytes'] / 2**20:.1f} MiB unpacked), sha256 {described['sha256'][:16]}..., "
-          f"{described['seconds']:.0f} s")
-    return 0
-
-
-def cmd_unbundle(args) -> int:
-    done = read_bundle(args.bundle, args.out, tokenize=not args.no_tokenize)
-    print(json.dumps(done, indent=2))
-    return 0
-
-
-def main(argv=None) -> int:
-    """`python -m qbench.train.bundle pack|unpack ...`: the same as `qbench data bundle|unbundle`."""
-    parser = argparse.ArgumentParser(prog="python -m qbench.train.bundle", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="what", required=True)
-    add_bundle_commands(sub, names=("pack", "unpack"))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except CorpusError as err:
-        print(f"qbench data {args.what}: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

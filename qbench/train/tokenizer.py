@@ -28,12 +28,17 @@ def split_file(corpus_dir: Path, split: str) -> Path:
     raise CorpusError(f"no {split}.txt in {corpus_dir} (build the corpus first: `qbench data corpus`)")
 
 
+def check_vocab_size(vocab_size: int) -> None:
+    """CorpusError unless the vocabulary holds the 256 bytes and the special tokens and fits uint16 ids."""
+    if not 256 + len(SPECIAL_TOKENS) < vocab_size <= 65536:
+        raise CorpusError(f"vocab_size (--vocab-size) must be in (259, 65536] (uint16 ids), got {vocab_size}")
+
+
 def build_tokenizer(documents, vocab_size: int = 8192):
     """A `tokenizers.Tokenizer` (byte-level BPE) trained on an iterable of texts."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    if not 256 + len(SPECIAL_TOKENS) < vocab_size <= 65536:
-        raise ValueError(f"vocab_size must be in (259, 65536] (uint16 ids), got {vocab_size}")
+    check_vocab_size(vocab_size)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()

@@ -17,12 +17,13 @@ next ones), of which each of N data-parallel processes trains on its own 1/N.
 
 Modules: data (token files, sampler), loop (the step loop, optimizer, precision), ddp
 (torchrun), start (fresh model or checkpoint, saving), launch (a pair's processes), record.
-Only the standard library is imported at module level (the CLI imports this for registration);
-torch and numpy load when a run starts.
+The command line: qbench/train/commands.py (`python -m qbench.train.train ARGS`, the form a pair's
+and torchrun's children run, goes through `qbench train ARGS`). Only the standard library is
+imported at module level (the CLI imports this for registration); torch and numpy load when a run
+starts.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -31,13 +32,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import QBenchError
 from ..files import file_sha256, make_writable_dir
 from ..paths import CORPUS_DIR
 from . import ddp
 from .corpus import CorpusError
 from .data import (TOKEN_CACHE, TrainError, check_token_file, corpus_missing, corpus_token_file, load_tokens,
-                   model_token_file, read_sidecar, sidecar, tokenizer_fingerprint, unigram_perplexity, write_json)
+                   model_token_file, read_sidecar, tokenizer_fingerprint, unigram_perplexity, write_json)
 from .loop import OPTIMIZER_IMPLS, PRECISION_TEXT, PRECISIONS
 from .presets import COMMON, PRESETS
 from .record import device_name, git_commit, recipe_hash, show_path, versions
@@ -470,166 +470,14 @@ def _measurement(spec: RunSpec, preset: dict, result, settings: dict, params: in
     return measured
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", required=True, help=f"training preset: {', '.join(PRESETS)}")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--attention", help="train one model with this attention kind (softmax, softpick, softmax1, "
-                                                   "rectified: qbench.attention.kinds)")
-    which.add_argument("--pair", action="store_true", help="train OUT/softmax and OUT/softpick (same seed, "
-                                                           "init, data order and recipe)")
-    parser.add_argument("--out", help="output folder (the checkpoint; with --pair, the pair's folder)")
-    parser.add_argument("--from", dest="start", metavar="CHECKPOINT",
-                        help="continue training this checkpoint (paper format, transformers folder or GGUF) with "
-                             "the attention switched to --attention; its own tokenizer encodes the corpus unless "
-                             "--tokenizer is given; needs a preset without a model shape (retrofit)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data order (0)")
-    parser.add_argument("--steps", type=int, help="override the preset's number of steps")
-    parser.add_argument("--batch-size", type=int, help="override the preset's global batch size (sequences per step)")
-    parser.add_argument("--micro-batch", type=int, help="sequences per forward pass per process (gradient "
-                                                        "accumulation; default: the preset's)")
-    parser.add_argument("--lr", type=float, help="override the preset's peak learning rate")
-    parser.add_argument("--corpus", help=f"corpus folder (train.txt, heldout_eval.txt, tokenizer/; default {CORPUS_DIR})")
-    parser.add_argument("--tokens", help=f"token file (default: the corpus's train.txt, encoded once into "
-                                         f"{TOKEN_CACHE} next to it, or train.tokens.<tokenizer>.npy)")
-    parser.add_argument("--tokenizer", help="tokenizer folder (default: the corpus's tokenizer/, or the --from "
-                                            "checkpoint's own)")
-    parser.add_argument("--heldout", help="held-out split for perplexity (default: the corpus's heldout_eval.txt); "
-                                          ".txt, .txt.gz or a .u16 token file")
-    parser.add_argument("--no-eval", action="store_true", help="skip the held-out perplexity")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N]")
-    parser.add_argument("--processes", dest="nproc", type=int, default=1,
-                        help="data-parallel processes per model (torchrun; one GPU each on CUDA, gloo on the CPU); "
-                             "with --pair on CUDA the two models train at once on 2 x N GPUs when visible")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="auto (bf16-autocast on CUDA, fp32 on the CPU), fp32, bf16-autocast (fp32 master "
-                             "weights), bf16 (bf16 weights and optimizer state)")
-    parser.add_argument("--optimizer-impl", default="auto", choices=OPTIMIZER_IMPLS,
-                        help="AdamW implementation: auto (fused on CUDA), fused, foreach, for-loop")
-    parser.add_argument("--compile", action="store_true", help="torch.compile norms, MLPs and the loss (off)")
-    parser.add_argument("--measure-steps", type=int, metavar="N",
-                        help="time N steps of the preset (the first few untimed) and print tokens/s; saves no "
-                             "checkpoint (with --out: writes measure_<attention>.json there)")
-    parser.add_argument("--no-deterministic", action="store_true",
-                        help="on CUDA, do not ask torch for deterministic algorithms")
-    parser.add_argument("--sequential", action="store_true",
-                        help="with --pair on CUDA, train the two one after the other (default: two processes at once)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in the output folder")
-    parser.add_argument("--prepare-only", action="store_true",
-                        help="check the inputs, encode the corpus if needed, print what a run would use, and stop")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    # (no option may be a prefix of one of torchrun's, e.g. --nproc: torchrun would take it)
-    parser.add_argument("--log-every", type=int, default=10,
-                        help="read the loss back from the device every N steps (every step is logged)")
-    parser.add_argument("--recorded-command", help=argparse.SUPPRESS)
-
-
-def spec_from_args(args) -> RunSpec:
-    return RunSpec(preset=args.preset, kind=args.attention or "pair", out=args.out, seed=args.seed,
-                   steps=args.steps, batch_size=args.batch_size, micro_batch=args.micro_batch, lr=args.lr,
-                   corpus=args.corpus, tokens=args.tokens, tokenizer=args.tokenizer, heldout=args.heldout,
-                   start=args.start, evaluate=not args.no_eval, device=args.device, nproc=args.nproc,
-                   precision=args.precision, optimizer_impl=args.optimizer_impl, compile=args.compile,
-                   deterministic=not args.no_deterministic, measure_steps=args.measure_steps,
-                   overwrite=args.overwrite, progress=not args.no_progress, log_every=max(1, args.log_every),
-                   command=args.recorded_command or shlex.join(["qbench", *sys.argv[1:]]))
-
-
-def cmd_train(args) -> int:
-    from . import launch
-
-    try:
-        spec = spec_from_args(args)
-        check_spec(spec)
-        if args.prepare_only:
-            print(format_prepared(spec, launch.resolve_for(spec)))
-            return 0
-        if args.pair:
-            pair = launch.train_pair(spec, concurrent=False if args.sequential else None)
-            print(format_pair(pair))
-        elif spec.nproc > 1 and not ddp.launched():
-            print(format_result(launch.train_distributed(spec), spec))
-        else:
-            summary = train_one(spec)
-            if summary is not None:      # rank 0 of a data-parallel run, or a one-process run
-                print(format_result(summary, spec))
-    except QBenchError as err:   # TrainError, CorpusError (a missing split file), PairError (--from)...
-        print(f"qbench: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def format_prepared(spec: RunSpec, inputs: Inputs) -> str:
-    preset = spec.preset_values()
-    n_tokens = len(load_tokens(inputs.tokens))
-    seen = preset["steps"] * preset["batch_size"] * preset["context"]
-    lines = [f"preset {preset['name']}: {preset['steps']} steps x {preset['batch_size']} x {preset['context']} "
-             f"= {seen / 1e6:.1f}M tokens seen ({seen / max(n_tokens, 1):.1f} passes over the token file)"]
-    for label, path in (("tokens", inputs.tokens), ("sidecar", sidecar(inputs.tokens)),
-                        ("tokenizer", inputs.tokenizer), ("held-out", inputs.heldout)):
-        if path is not None and Path(path).exists():
-            size = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() \
-                else Path(path).stat().st_size
-            lines.append(f"  {label:9s} {show_path(path)} ({size / 1e6:.2f} MB)")
-    if inputs.tokenizer is None:
-        lines.append(f"  tokenizer the --from checkpoint's own ({spec.start})")
-    lines.append(f"  {n_tokens:,} training tokens")
-    return "\n".join(lines)
-
-
-def format_result(summary: dict, spec: RunSpec) -> str:
-    if spec.measure_steps is not None:
-        return format_measurement(summary)
-    return format_summary(summary, spec.out)
-
-
-def format_measurement(m: dict) -> str:
-    mem = f", peak {m['peak_memory_gib']} GiB" if m.get("peak_memory_gib") else ""
-    return (f"{m['preset']} {m['attention']}: {m['tokens_per_second']:,} tokens/s ({m['seconds_per_step'] * 1000:.1f} ms "
-            f"per step of {m['batch_size']} x {m['context']}, {m['steps_timed']} steps timed, "
-            f"{m['distributed']['world_size']} process(es), {m['precision_mode']}, {m['optimizer_impl']} AdamW, "
-            f"compile {m['compile']}{mem}); the preset's {m['preset_tokens'] / 1e6:,.0f}M tokens would take "
-            f"{m['preset_minutes']} min; 30 min = {m['tokens_in_30_minutes'] / 1e6:,.0f}M tokens")
-
-
-def format_summary(summary: dict, out) -> str:
-    held = summary.get("heldout")
-    ppl = (f", held-out ppl {held['perplexity']:.2f} vs unigram {held['unigram_perplexity']:.1f}" if held else "")
-    return (f"{summary['attention']}: {summary['steps']} steps, {summary['tokens_seen'] / 1e6:.1f}M tokens, "
-            f"{summary['train_seconds']:.0f} s, final loss {summary['final_train_loss_mean_last_50']:.3f}{ppl} -> {out}")
-
-
-def format_pair(pair: dict) -> str:
-    if "measurements" in pair:
-        return "\n".join(format_measurement(m) for m in pair["measurements"].values())
-    lines = [f"pair {pair['preset']} (seed {pair['seed']}): same init {pair['same_init']}, "
-             f"same data order {pair['same_data_order']}, same recipe {pair['same_recipe']}, "
-             f"{pair['wall_seconds']:.0f} s wall"]
-    for kind, m in pair["models"].items():
-        m = {**m, "attention": kind}
-        lines.append("  " + format_summary(m, kind))
-    return "\n".join(lines)
-
-
-def register_train_command(subparsers) -> None:
-    """Add `qbench train` to the CLI's subparsers."""
-    parser = subparsers.add_parser("train", help="train a model or a softmax/softpick pair from a preset",
-                                   description=__doc__.split("\n\n")[0])
-    add_train_arguments(parser)
-    parser.set_defaults(func=cmd_train)
-
-
 def main(argv=None) -> int:
     """`python -m qbench.train.train ARGS` = `qbench train ARGS` (what --pair, --processes and torchrun run)."""
-    parser = argparse.ArgumentParser(prog="qbench train", description=__doc__.split("\n\n")[0])
-    add_train_arguments(parser)
-    args = parser.parse_args(argv)
-    if not args.recorded_command:
-        args.recorded_command = shlex.join(["qbench", "train", *(sys.argv[1:] if argv is None else argv)])
-    return cmd_train(args)
+    from ..cli import main as qbench
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a == "--recorded-command" or a.startswith("--recorded-command=") for a in argv):
+        argv += ["--recorded-command", shlex.join(["qbench", "train", *argv])]
+    return qbench(["train", *argv])
 
 
 if __name__ == "__main__":

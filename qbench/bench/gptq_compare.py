@@ -2,7 +2,7 @@
 equal, and how long did each take (CPU or GPU)?
 
     git archive <old commit> | tar -x -C /tmp/old
-    PYTHONPATH=. python benchmarks/gptq_compare.py --old /tmp/old [--new .] [--attention softpick]
+    python -m qbench.bench.gptq_compare --old /tmp/old [--new .] [--attention softpick]
         [--hidden 256 --layers 4 --heads 4] [--samples 32 --seq-len 128] [--threads 1] [--repeats 2]
 
 Each tree runs in its own process (only APIs both have: qbench.model.new_model, qbench.quant's
@@ -56,9 +56,10 @@ def run_tree(tree: Path, params: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m qbench.bench.gptq_compare", description=__doc__.splitlines()[0])
     ap.add_argument("--old", type=Path, required=True, help="the other qbench tree (e.g. a git archive)")
-    ap.add_argument("--new", type=Path, default=Path(__file__).resolve().parents[1])
+    ap.add_argument("--new", type=Path, default=Path(__file__).resolve().parents[2],
+                    help="this qbench tree (default: the one holding this module)")
     ap.add_argument("--attention", default="softmax", choices=["softmax", "softpick"])
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)

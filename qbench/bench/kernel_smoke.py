@@ -1,5 +1,8 @@
 """Quick CUDA check of the softpick kernel on a training-shaped input (forward and backward vs the
-float32 torch reference). Exit code 1 on a mismatch, so a training run can fall back to the reference."""
+float32 torch reference). Exit code 1 on a mismatch, so a training run can fall back to the reference.
+
+    python -m qbench.bench.kernel_smoke
+"""
 import sys
 
 import torch

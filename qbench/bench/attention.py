@@ -1,7 +1,8 @@
 """Attention benchmark: our softpick Triton kernel vs torch SDPA softmax vs the torch softpick
 reference, forward and forward+backward, causal, bf16 (H200 numbers go to results/bench/).
 
-    PYTHONPATH=. python benchmarks/attention.py [--quick] [--out results/bench/attention-h200.md]
+    qbench bench attention [--quick] [--out results/bench/attention-h200.md]
+        (= python -m qbench.bench.attention ...)
 
 Shapes follow the feasibility anchors: 16k tokens (B = 16384 / T), hidden 2048 (H = 2048 / D),
 T in 512..8192, head_dim 64 and 128. Times are medians of triton.testing.do_bench (CUDA events,
@@ -10,7 +11,7 @@ Also: a float64 check of the table's configs, a dense bf16 matmul ceiling, and p
 forward+backward against T (B=1, H=16, D=128) to show linear growth. Prints compact tables; the
 markdown report goes to --out (and the raw numbers to <out>.json).
 
-    python benchmarks/attention.py --tune --table-out $OUT/kernel_configs.json [--tune-dims 64,128]
+    qbench bench attention --tune --table-out $OUT/kernel_configs.json [--tune-dims 64,128]
         [--tune-buckets 1024,4096]
 
 times every candidate config (qbench/attention/triton_softpick.py: FWD_CONFIGS, DKDV_CONFIGS,
@@ -18,7 +19,7 @@ DQ_CONFIGS, tma variants included) per kernel, head-dim class and T bucket, chec
 float64, and writes a new config table (the committed one is qbench/attention/kernel_configs.json;
 evaluation and training only ever read that file: no timing-dependent choice at run time).
 
-    python benchmarks/attention.py --compile-only
+    qbench bench attention --compile-only
 
 needs no GPU: compiles every candidate for sm_90 and prints registers, spills, shared memory and
 the counts of wgmma (HGMMA) and TMA (UTMALDG) instructions.
@@ -38,7 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from . import BenchError
 
 TOKENS = 16384
 HIDDEN = 2048
@@ -393,7 +394,8 @@ def ratio(row, a, b):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="qbench bench attention", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="T in {1024, 4096} only, shorter memory sweep")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown report here (+ .json)")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
@@ -411,10 +413,10 @@ def main(argv=None):
         compile_report(dtype="bf16" if args.dtype == "bf16" else "fp16")
         return
     if not torch.cuda.is_available():
-        sys.exit("needs a CUDA device")
+        raise BenchError("needs a CUDA device (--compile-only needs none)")
     if args.tune:
         if args.table_out is None:
-            sys.exit("--tune needs --table-out FILE")
+            ap.error("--tune needs --table-out FILE")
         dims = [int(x) for x in args.tune_dims.split(",")]
         buckets = [int(x) for x in args.tune_buckets.split(",")]
         rows = tune(dims, buckets, torch.bfloat16 if args.dtype == "bf16" else torch.float16, args.table_out, log)
@@ -434,7 +436,7 @@ def main(argv=None):
     ref_name = "qbench.attention.reference.softpick_reference"
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python benchmarks/attention.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "qbench bench attention " + " ".join(sys.argv[1:] if argv is None else argv),
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
         "cuda": torch.version.cuda, "python": platform.python_version(), "dtype": args.dtype,
         "reference": ref_name,
@@ -539,4 +541,6 @@ def report(info, checks, rows, mem):
 
 
 if __name__ == "__main__":
-    main()
+    from qbench.cli import main as qbench
+
+    sys.exit(qbench(["bench", "attention", *sys.argv[1:]]))

@@ -13,7 +13,7 @@ bundled pair's (vocab 8192, so token ids stay below the model's 32000).
 """
 from __future__ import annotations
 
-from .errors import QBenchError
+from . import BenchError
 
 PAPER_COMMON = {"vocab_size": 32000, "max_position_embeddings": 4096, "hidden_ratio": 4, "norm_eps": 1e-6,
                 "rope_theta": 10000.0, "tie_word_embeddings": False}
@@ -27,7 +27,7 @@ SIZES = {
 SPEC_PREFIX = "random:"
 
 
-class BenchModelError(QBenchError, ValueError):
+class BenchModelError(BenchError, ValueError):
     """An unknown size or a malformed `random:` model spec."""
 
 
@@ -46,7 +46,7 @@ def random_model(size: str, attention: str = "softmax", seed: int = 0, device="c
     """A randomly initialised qbench model of a paper size, built on `device` (fast on a GPU)."""
     import torch
 
-    from .model import new_model
+    from ..model import new_model
 
     if attention not in ("softmax", "softpick"):
         raise BenchModelError(f"unknown attention {attention!r}; expected softmax or softpick")
@@ -62,7 +62,7 @@ def parameter_count(model) -> int:
 def bundled_tokenizer():
     from transformers import AutoTokenizer
 
-    from . import paths
+    from .. import paths
 
     return AutoTokenizer.from_pretrained(paths.BUNDLED_SOFTMAX)
 
@@ -88,7 +88,7 @@ def load_spec(spec, device="cpu", dtype=None, seed: int = 0):
 def save_random_model(size: str, attention: str, folder, seed: int = 0, dtype=None, layers: int | None = None,
                       device="cpu"):
     """Write one random model as a checkpoint folder (bundled tokenizer); built on `device`."""
-    from .model import save_checkpoint
+    from ..model import save_checkpoint
 
     save_checkpoint(random_model(size, attention, seed, device, layers=layers), bundled_tokenizer(), folder,
                     dtype=dtype)

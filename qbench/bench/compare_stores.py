@@ -1,10 +1,14 @@
 """Compare two result stores of the same sweep: did a rerun reproduce every number, and where
-did the time go?  Usage: python benchmarks/compare_stores.py STORE_A STORE_B [--out FILE.md]
+did the time go?  Usage: qbench bench compare-stores STORE_A STORE_B [--out FILE.md]
+(= python -m qbench.bench.compare_stores ...)
 
 Cells are matched by key (keys hash every input of a cell, so matching keys = same computation).
 Reports: keys in one store only, metric values that differ (with the largest relative
-difference), and per store the summed cell time split into copy / quantize / evaluate, the CPU
-seconds and the thread counts the cells ran with. Exit code 1 when any shared cell's metrics differ.
+difference), per-item values that differ (the per-item sidecars of the shared cells that have one
+in both stores, matched by task, metric and document id), and per store the summed cell time split
+into copy / quantize / evaluate, the CPU seconds and the thread counts the cells ran with. Exit
+code 1 when any shared cell's metrics or per-item values differ, 2 when a store has no finished
+cells or a sidecar is damaged.
 """
 import argparse
 import sys
@@ -12,13 +16,15 @@ from pathlib import Path
 
 from qbench.sweep.store import Store
 
+from . import BenchError
+
 PHASES = ("load", "copy", "calibration_batch", "quantize", "evaluate")   # "load": records that time it
 
 
 def load_cells(store: Path) -> dict:
     cells = {key: r for key, r in Store(store).records().items() if r["status"] == "done"}
     if not cells:
-        raise SystemExit(f"{store}: no finished cells in {store / 'cells'}")
+        raise BenchError(f"{store}: no finished cells in {store / 'cells'}")
     return cells
 
 
@@ -35,6 +41,35 @@ def metric_differences(a: dict, b: dict) -> tuple[int, list]:
                 if va != vb:
                     diffs.append((label(a[key]), task, name, va, vb))
     return compared, diffs
+
+
+def _item_values(items: dict, task: str, metric: str) -> dict:
+    """{doc id: value} of one task metric of a sidecar's tasks ({} when absent)."""
+    t = items.get(task) or {}
+    return dict(zip(t.get("doc_id") or [], ((t.get("metrics") or {}).get(metric) or {}).get("values") or []))
+
+
+def item_differences(store_a: Path, store_b: Path, a: dict, b: dict) -> tuple[int, int, list]:
+    """(cells with a sidecar in both stores, per-item values compared, [(cell label, task, metric,
+    values that differ, values compared)]) over the shared cells. A document in one sidecar only
+    counts as a differing value. A damaged or missing sidecar is an error (CorruptCell names it)."""
+    sa, sb = Store(store_a), Store(store_b)
+    cells, compared, diffs = 0, 0, []
+    for key in sorted(set(a) & set(b)):
+        ia, ib = sa.read_items(a[key]), sb.read_items(b[key])
+        if ia is None or ib is None:
+            continue
+        cells += 1
+        for task in sorted(set(ia) | set(ib)):
+            metrics = set((ia.get(task) or {}).get("metrics") or {}) | set((ib.get(task) or {}).get("metrics") or {})
+            for metric in sorted(metrics):
+                va, vb = _item_values(ia, task, metric), _item_values(ib, task, metric)
+                docs = set(va) | set(vb)
+                differ = sum(1 for doc in docs if doc not in va or doc not in vb or va[doc] != vb[doc])
+                compared += len(docs)
+                if differ:
+                    diffs.append((label(a[key]), task, metric, differ, len(docs)))
+    return cells, compared, diffs
 
 
 def label(cell: dict) -> str:
@@ -69,6 +104,11 @@ def report(store_a: Path, store_b: Path) -> tuple[str, bool]:
              f"- metric values compared: {compared}; differing: {len(diffs)}"]
     for cell, task, name, va, vb in diffs[:20]:
         lines.append(f"  - {cell} {task} {name}: {va!r} vs {vb!r}")
+    item_cells, item_compared, item_diffs = item_differences(store_a, store_b, a, b)
+    lines.append(f"- per-item values compared: {item_compared} (shared cells with per-item results in both: "
+                 f"{item_cells}); differing: {sum(d[3] for d in item_diffs)}")
+    for cell, task, name, differ, n in item_diffs[:20]:
+        lines.append(f"  - {cell} {task} {name}: {differ} of {n} items differ")
     backends = backend_differences(a, b)
     lines.append(f"- cells whose attention paths (kernel configs) differ: {len(backends)}")
     for cell, ba, bb in backends[:10]:
@@ -79,11 +119,11 @@ def report(store_a: Path, store_b: Path) -> tuple[str, bool]:
         ratio = f"{ta[row] / tb[row]:.2f}" if tb[row] else "—"
         lines.append(f"| {row} | {ta[row]:.1f} | {tb[row]:.1f} | {ratio} |")
     lines.append(f"| torch threads per worker | {', '.join(ta['threads'])} | {', '.join(tb['threads'])} | |")
-    return "\n".join(lines) + "\n", not diffs
+    return "\n".join(lines) + "\n", not diffs and not item_diffs
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="qbench bench compare-stores", description=__doc__.splitlines()[0])
     p.add_argument("store_a", type=Path)
     p.add_argument("store_b", type=Path)
     p.add_argument("--out", type=Path, help="also write the report (markdown) here")
@@ -96,4 +136,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from qbench.cli import main as qbench
+
+    sys.exit(qbench(["bench", "compare-stores", *sys.argv[1:]]))

@@ -1,8 +1,8 @@
 """Speed at the paper's sizes (issue 19), measured in one command on one GPU, from random-initialised
-models (qbench/bench_models.py; metrics of random weights mean nothing, only the times count):
+models (qbench/bench/models.py; metrics of random weights mean nothing, only the times count):
 
-    PYTHONUNBUFFERED=1 python benchmarks/paper_scale.py --out $OUT      # (= qbench bench paper-scale --out $OUT)
-    python benchmarks/paper_scale.py --tiny --out DIR                   # every step on tiny shapes, CPU, ~30 s
+    PYTHONUNBUFFERED=1 qbench bench paper-scale --out $OUT     # (= python -m qbench.bench.paper_scale --out $OUT)
+    qbench bench paper-scale --tiny --out DIR                  # every step on tiny shapes, CPU, ~30 s
 
 Steps (--steps, default all, run in the order gptq, eval, cell, kernel: the kernel's new variants
 last, since a variant that broke the CUDA context would stop every step after it):
@@ -39,12 +39,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-
-from attention import (accurate, bench, check_configs, copy_bandwidth, fwd_flops,  # noqa: E402
-                       matmul_ceiling, target_inputs, time_backward, time_forward)
+from . import BenchError
+from .attention import (accurate, bench, check_configs, copy_bandwidth, fwd_flops, matmul_ceiling,
+                        target_inputs, time_backward, time_forward)
 
 STEPS = ("gptq", "eval", "cell", "kernel")   # the kernel's new variants last: a broken CUDA context stops what follows
 GOALS = {"fwd": 1.1, "fwdbwd": 1.25}   # ours / SDPA default backend at T=4096, D=128 bf16 (issue 19)
@@ -62,7 +59,7 @@ class Setup:
         self.cuda = torch.cuda.is_available()
         self.device = "cuda" if self.cuda else "cpu"
         if not (self.cuda or tiny):
-            sys.exit("needs a CUDA device (or --tiny)")
+            raise BenchError("needs a CUDA device (or --tiny)")
         if not self.cuda:
             os.environ.setdefault("TRITON_INTERPRET", "1")   # the kernels on the CPU (before triton loads)
         self.kernel_shape = dict(t=64, d=32, tokens=128, hidden=64) if tiny else dict(t=4096, d=128)
@@ -204,7 +201,7 @@ def gptq_recipe(setup):
 
 
 def step_gptq(setup: Setup, res: dict) -> None:
-    from qbench import bench_models
+    from qbench.bench import models as bench_models
     from qbench.quant import quantize
 
     recipe = gptq_recipe(setup)
@@ -240,7 +237,8 @@ def step_eval(setup: Setup, res: dict) -> None:
 # ----------------------------------------------------------------------------- one cell
 def step_cell(setup: Setup, res: dict) -> None:
     """The phases of one cell (qbench/sweep/runner.py: _compute), at 340M, GPTQ 4-bit, softpick."""
-    from qbench import bench_models, paths
+    from qbench import paths
+    from qbench.bench import models as bench_models
     from qbench.eval import evaluate
     from qbench.model import load_checkpoint
     from qbench.quant import quantize, recipe_calibration
@@ -344,7 +342,7 @@ def markdown(info: dict, results: dict) -> str:
     lines = [f"# Speed at the paper's sizes ({info['device']})", "",
              f"Command: `{info['command']}` ({info['date']}; torch {info['torch']}, triton {info['triton']}, "
              f"CUDA {info['cuda']}; {info['seconds']:.0f} s). Random-initialised models "
-             "(qbench/bench_models.py): only the times mean anything.", "",
+             "(qbench/bench/models.py): only the times mean anything.", "",
              "| measurement | value | goal |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in summary_rows(results)]
     k = results.get("kernel", {})
@@ -373,7 +371,8 @@ def markdown(info: dict, results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="qbench bench paper-scale", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="folder for paper-scale.md / .json")
     ap.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes and models (CPU test of every step)")
@@ -391,7 +390,7 @@ def main(argv=None) -> int:
 
     t_start = time.time()
     info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": "python benchmarks/paper_scale.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": "qbench bench paper-scale " + " ".join(sys.argv[1:] if argv is None else argv),
             "device": torch.cuda.get_device_name() if setup.cuda else f"CPU ({platform.processor() or platform.machine()}, "
                       f"{os.cpu_count()} cores; kernels in the Triton interpreter)",
             "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
@@ -424,4 +423,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from qbench.cli import main as qbench
+
+    sys.exit(qbench(["bench", "paper-scale", *sys.argv[1:]]))

@@ -198,3 +198,24 @@ def test_softpick_kernel_inside_transformers_on_cuda(tmp_path, tokenizer, monkey
     assert ran == {"softpick:reference"}
     assert (kernel[keep] - reference[keep]).abs().max() < 5e-2
     assert torch.allclose(g_kernel, g_reference, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("recipe", ["kv-sink", "kv-kivi", "attn-p8"])
+def test_attention_side_quantizers_act_inside_transformers_models(recipe, tokenizer, tmp_path):
+    """KV-cache and attention-map quantizers on a transformers Llama loaded by qbench (its attention
+    modules carry attn_quant as qbench's own do): the report proves they acted, the logits move."""
+    from qbench.quant import quantize
+
+    folder = save_hf(tmp_path / "llama", CONFIGS["llama"](), tokenizer)
+    model = load_model(folder).model
+    assert all(m.attn_quant is None for _, m in attention_modules(model))
+    ids = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(ids).logits
+    report = quantize(model, recipe, None, calib=None)
+    measured = report.to_dict()["extra"]
+    assert measured and "error" in json.dumps(measured), measured
+    with torch.no_grad(), backend_log() as ran:
+        after = model(ids).logits
+    assert not torch.equal(before, after)
+    assert ran == ({"softmax:maps"} if recipe.startswith("attn") else {"softmax:sdpa"})

@@ -671,3 +671,5 @@ def check_routing(model, where: str = "model") -> None:
         raise CheckpointError(f"{where}: {type(model).__name__} does not route attention through qbench's "
                               f"attention function ({len(calls)} of {len(listed)} attention modules called it; "
                               f"{n_layers} layers): unsupported model class")
+    for _, m in attention_modules(model):
+        m.attn_quant = None   # where an attention-side quantizer goes, as on qbench's own Attention

@@ -7,11 +7,11 @@ run() { qb sweep scripts/gpu/determinism.yaml --results /tmp/det/$1 --no-progres
 if [ "$mode" = twice ]; then
   stamp determinism twice
   run s1 & run s2 & wait
-  python3 benchmarks/compare_stores.py /tmp/det/s1 /tmp/det/s2 --out "$OUT/determinism-twice.md"; echo "compare exit $?"
+  python3 -m qbench.bench.compare_stores /tmp/det/s1 /tmp/det/s2 --out "$OUT/determinism-twice.md"; echo "compare exit $?"
 else
   stamp determinism again
   run s3
-  python3 benchmarks/compare_stores.py /tmp/det/s1 /tmp/det/s3 --out "$OUT/determinism-again.md"; echo "compare exit $?"
+  python3 -m qbench.bench.compare_stores /tmp/det/s1 /tmp/det/s3 --out "$OUT/determinism-again.md"; echo "compare exit $?"
 fi
 tail -2 "$OUT"/determinism-s*.log
 stamp determinism done

@@ -231,8 +231,11 @@ class Grid:
                 seen[label] = (e.bits if e.bits is not None else math.inf, len(seen))
         return [(label, None if bits == math.inf else bits) for label, (bits, _) in sorted(seen.items(), key=lambda kv: kv[1])]
 
-    def widths(self) -> list[int]:
-        return sorted({b for r in self.recipes for _, b in self.columns(r["name"]) if b is not None})
+    def widths(self) -> list[int | None]:
+        """The weight widths of the grid's points, ascending; None (last) for points that quantize no
+        weights (KV cache, attention maps)."""
+        found = {b for r in self.recipes for _, b in self.columns(r["name"])}
+        return sorted(b for b in found if b is not None) + ([None] if None in found else [])
 
     def rows(self) -> list[tuple[str, str]]:
         """(task, metric) rows in task order."""

@@ -33,9 +33,11 @@ def _points(grid: Grid, analysis: Analysis, recipe: dict, arm: str, task: str, m
     xs, ys, errs, gaps = [], [], [[], []], 0
     scale = 100 if is_accuracy(metric) else 1
     for label, b in grid.columns(recipe["name"]):
+        if b is None:   # no weight width (KV cache, attention maps): not on this plot's axis
+            continue
         entry = grid.entry(arm, recipe["name"], label)
         v, _ = entry.value(task, metric)
-        if v is None or b is None or not math.isfinite(v) or (not is_accuracy(metric) and v <= 0):
+        if v is None or not math.isfinite(v) or (not is_accuracy(metric) and v <= 0):
             gaps += 1
             continue
         lo, hi = analysis.value_interval(entry, task, metric) or (v, v)
@@ -61,7 +63,7 @@ def _panel(ax, grid: Grid, analysis: Analysis, task: str, metric: str, colours: 
             ax.axhline(v * 100 if is_accuracy(metric) else v, color="grey", linewidth=1,
                        linestyle=_style(grid, a.name)["linestyle"], label=f"full precision {a.label}")
     ax.set_xscale("log", base=2)
-    widths = grid.widths()
+    widths = [b for b in grid.widths() if b is not None]
     ax.set_xticks(widths)
     ax.set_xticklabels([str(b) for b in widths])
     ax.xaxis.set_minor_locator(__import__('matplotlib').ticker.NullLocator())

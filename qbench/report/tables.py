@@ -264,9 +264,13 @@ def _by_width(grid: Grid, recipe: str, width: int, text) -> str:
     return "; ".join(f"{label}: {text(label)}" for label in labels)
 
 
+def width_header(bits: int | None) -> str:
+    return "no weights" if bits is None else f"{bits}-bit"
+
+
 def summary_tables(grid: Grid, analysis: Analysis) -> list[Table]:
     widths = grid.widths()
-    header = ["recipe"] + [f"{b}-bit" for b in widths]
+    header = ["recipe"] + [width_header(b) for b in widths]
     rows = []
     if grid.others:
         for recipe in grid.recipes:
@@ -352,7 +356,7 @@ def ppl_ratio_tables(grid: Grid, analysis: Analysis) -> list[Table]:
                         f"|z| > {SIG_SE:g} counts in the verdicts; none where lm-eval gives no stderr). "
                         f"{_stats_caption(analysis, comps)}")
         out.append(Table(f"{metric_label(task, metric)}: growth from full precision", caption,
-                         ["recipe"] + [f"{b}-bit" for b in widths], rows))
+                         ["recipe"] + [width_header(b) for b in widths], rows))
     return out
 
 

@@ -8,8 +8,9 @@ A checkpoint is one of
   pytorch_model.bin), run by transformers' own model class;
 - "gguf": a .gguf file (or a folder holding exactly one), loaded by transformers (`gguf_file=`;
   weights dequantized to float).
-`hf:ORG/NAME` is a hub id (downloaded where a hub is reachable); every other path is local, and a
-missing one is an error at once: nothing else ever reaches for the network.
+`hf:ORG/NAME` is a hub id (downloaded where a hub is reachable); `real:NAME` one of the real models
+that `qbench data models NAME` fetched into DATA_DIR/models (qbench/model/real.py); every other
+path is local, and a missing one is an error at once: nothing else ever reaches for the network.
 
 The attention kind of a checkpoint: `attn_impl` in the paper's format; the field
 `qbench_attention` of config.json (transformers) or the metadata key `qbench.attention` (GGUF),
@@ -43,6 +44,7 @@ from ..files import update_digest
 
 FORMATS = ("qbench", "transformers", "gguf")
 HUB_PREFIX = "hf:"
+REAL_PREFIX = "real:"
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 WEIGHT_FILES = (SAFETENSORS, SAFETENSORS_INDEX, BIN, BIN_INDEX)
@@ -110,6 +112,11 @@ def resolve_source(path) -> Source:
     text = str(path)
     if text.startswith(HUB_PREFIX):
         return _source_in(Path(_download(text[len(HUB_PREFIX):])), text)
+    if text.startswith(REAL_PREFIX):
+        from .real import real_model_path
+
+        file = real_model_path(text[len(REAL_PREFIX):], fetch=False)
+        return Source(text, file.parent, "gguf", file.name)
     p = Path(text).expanduser()
     if not p.exists():
         hint = f" (a hub id needs the prefix {HUB_PREFIX}, e.g. {HUB_PREFIX}{text})" if _looks_like_hub_id(text) else ""

@@ -7,7 +7,7 @@ export PYTHONPATH=/tmp/site:$PWD
 export OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/qbdata
 qb() { python3 -m qbench.cli "$@"; }
-# the bundled pair travels in the first call only; later calls find it under /tmp
-if [ -d qbench/checkpoints/tiny ] && [ ! -d /tmp/ckpt/tiny ]; then mkdir -p /tmp/ckpt && cp -r qbench/checkpoints/tiny /tmp/ckpt/; fi
+# the bundled pair travels in one call only (.ckpt/tiny, carried); later calls find it under /tmp
+if [ -d .ckpt/tiny ] && [ ! -d /tmp/ckpt/tiny ]; then mkdir -p /tmp/ckpt && cp -r .ckpt/tiny /tmp/ckpt/; fi
 if [ ! -d qbench/checkpoints/tiny ] && [ -d /tmp/ckpt/tiny ]; then mkdir -p qbench/checkpoints && ln -s /tmp/ckpt/tiny qbench/checkpoints/tiny; fi
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }

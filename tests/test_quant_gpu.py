@@ -73,7 +73,8 @@ def test_every_recipe_on_cuda(name, bits, axes, kind):
         kv = report.extra["kv_cache"]
         assert kv["k_error"] > 0 and kv["v_error"] > 0
         # K and V are quantized before the path is chosen: softpick keeps its kernel
-        assert kv["backends"] == ["softmax:sdpa" if kind == "softmax" else "softpick:triton"]
+        expected = "softmax:sdpa" if kind == "softmax" else "softpick:triton:"   # + the kernel configs
+        assert len(kv["backends"]) == 1 and kv["backends"][0].startswith(expected)
     if recipe.attention is not None:
         assert report.extra["attention"]["backends"] == [f"{kind}:maps"]
 

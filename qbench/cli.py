@@ -2,8 +2,31 @@
 its top-level commands, `register_data` / `register_bench` its commands of the `data` and `bench`
 groups. Every user-facing error derives from qbench.errors.QBenchError and is caught once, here."""
 import argparse
+import math
 import os
 import sys
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count (examples, workers, layers, repeats, ...): an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type of a size or a duration: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

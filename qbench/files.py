@@ -62,3 +62,20 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def read_yaml(path):
+    """The YAML document of a file; ValueError with a one-line message (line, column and problem)
+    when the file is not UTF-8 text or not valid YAML (callers name the file and raise their error)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except UnicodeDecodeError as err:
+        raise ValueError(f"not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ValueError(f"not valid YAML: {where}{err.problem}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"not valid YAML: {' '.join(str(err).split())}") from None

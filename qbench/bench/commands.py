@@ -3,6 +3,9 @@ each with its own arguments (`qbench bench attention ARGS` = `python -m qbench.b
 ARGS`); `qbench bench model`: a random pair at a paper size, its forward timed. (`qbench bench
 eval`, the scorer's benchmark: qbench/eval/commands.py.)"""
 import time
+from pathlib import Path
+
+from ..cli import positive_int
 
 # command -> (module of qbench.bench, help, example arguments)
 MODULES = {
@@ -33,8 +36,10 @@ def cmd_bench_model(args) -> int:
     """Build the random pair of a paper size, time its forward at one sequence length, save it if asked."""
     import torch
 
-    from . import models
+    from . import BenchError, models
 
+    if args.save and (Path(args.save).is_file() or any(p.is_file() for p in Path(args.save).parents)):
+        raise BenchError(f"--save {args.save}: not a folder")   # refused before the models are built
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     fields = models.config_fields(args.size, args.layers)
@@ -79,13 +84,13 @@ def register_bench(bench_sub) -> None:
     model = bench_sub.add_parser("model", help="build a random-initialised pair at a paper size (nothing written "
                                                "unless --save) and time its forward")
     model.add_argument("--size", choices=sorted(SIZES), default="340M")
-    model.add_argument("--layers", type=int, default=None, help="blocks (default: the size's)")
+    model.add_argument("--layers", type=positive_int, default=None, help="blocks (default: the size's)")
     model.add_argument("--device", default=None, help="cuda or cpu (default cuda when available)")
     model.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
-    model.add_argument("--seq-len", type=int, default=None, help="tokens per row (default: the context, 4096, "
+    model.add_argument("--seq-len", type=positive_int, default=None, help="tokens per row (default: the context, 4096, "
                                                                  "on CUDA; 128 on CPU)")
-    model.add_argument("--batch", type=int, default=1)
-    model.add_argument("--repeats", type=int, default=5)
+    model.add_argument("--batch", type=positive_int, default=1)
+    model.add_argument("--repeats", type=positive_int, default=5)
     model.add_argument("--seed", type=int, default=0)
     model.add_argument("--save", default=None, metavar="DIR",
                        help="also write the pair as checkpoints DIR/softmax and DIR/softpick (bundled tokenizer)")

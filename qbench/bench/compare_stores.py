@@ -128,6 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("store_b", type=Path)
     p.add_argument("--out", type=Path, help="also write the report (markdown) here")
     args = p.parse_args(argv)
+    if args.out and not args.out.parent.is_dir():
+        raise BenchError(f"--out {args.out}: folder {args.out.parent} not found")   # before the stores are read
     text, same = report(args.store_a, args.store_b)
     print(text, end="")
     if args.out:

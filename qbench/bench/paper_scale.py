@@ -55,6 +55,12 @@ class Setup:
     """What a run measures on: full paper sizes on a GPU, or tiny shapes (--tiny)."""
 
     def __init__(self, tiny: bool, eval_limit, gptq_layers: int, out: Path):
+        if eval_limit not in (None, "all") and not (str(eval_limit).isdigit() and int(eval_limit) > 0):
+            raise BenchError(f"--eval-limit {eval_limit}: expected a number of examples >= 1, or 'all'")
+        if gptq_layers < 1:
+            raise BenchError(f"--gptq-layers must be at least 1, got {gptq_layers}")
+        if Path(out).exists() and not Path(out).is_dir():
+            raise BenchError(f"--out {out}: exists and is not a folder")
         self.tiny, self.out = tiny, out
         self.cuda = torch.cuda.is_available()
         self.device = "cuda" if self.cuda else "cpu"

@@ -23,9 +23,11 @@ DEFAULT_TEXT = paths.BUNDLED_HELDOUT / "heldout_eval.txt.gz"
 DEFAULTS = dict(samples=16, seq_len=256, seed=0, subsamples=4, attention_path="auto", chunk=256, batch_size=4)
 
 
-def check_sample(samples: int, seq_len: int, subsamples: int) -> None:
-    if samples < 1 or seq_len < 2:
-        raise DiagnosticsError("need samples >= 1 and seq_len >= 2")
+def check_sample(samples: int, seq_len: int, subsamples: int, chunk: int = 1, batch_size: int = 1) -> None:
+    for flag, value, least in (("--samples", samples, 1), ("--seq-len", seq_len, 2), ("--chunk", chunk, 1),
+                               ("--batch-size", batch_size, 1)):
+        if value < least:
+            raise DiagnosticsError(f"{flag} must be at least {least}, got {value}")
     if subsamples < 1 or samples % subsamples:
         raise DiagnosticsError(f"--samples {samples} must be a multiple of --subsamples {subsamples}")
 
@@ -46,7 +48,7 @@ def diagnose_arms(arms, text=DEFAULT_TEXT, samples: int = 16, seq_len: int = 256
     text: a held-out file or a list of documents. results: a sweep's results folder (optional)
     for the per-layer quantization error. Returns a JSON-able dict (see write_diagnostics).
     """
-    check_sample(samples, seq_len, subsamples)
+    check_sample(samples, seq_len, subsamples, chunk, batch_size)
     labels = [label for label, _ in arms]
     if not arms or len(set(labels)) != len(labels):
         raise DiagnosticsError(f"need one or more arms with distinct labels, got {labels}")

@@ -73,7 +73,7 @@ def cmd_diagnose(args) -> int:
     if results:
         cells_dir(results)   # a missing --results folder is refused now, not after the models ran
     check_out_dir(out)
-    check_sample(args.samples, args.seq_len, args.subsamples)
+    check_sample(args.samples, args.seq_len, args.subsamples, args.chunk, args.batch_size)
     if not Path(args.text).is_file():
         raise DiagnosticsError(f"held-out text not found: {args.text}")
     for (path, attention, _), label in zip(arms, labels):

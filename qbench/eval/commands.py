@@ -3,6 +3,7 @@ scorer against lm-eval's stock HFLM, its noise floor and per-call overhead: qben
 import argparse
 
 from .. import paths
+from ..cli import positive_int
 
 
 def cmd_prepare(args) -> int:
@@ -14,6 +15,9 @@ def cmd_prepare(args) -> int:
 
 def cmd_bench_eval(args) -> int:
     from .bench import bench_batch_check, bench_eval, bench_overhead
+    from .tasks import check_prepared, resolve_tasks
+
+    check_prepared(resolve_tasks(args.tasks))   # unknown or unprepared tasks: refused before the model loads
 
     common = dict(model_path=args.model, tasks=args.tasks, limit=args.limit, device=args.device, dtype=args.dtype,
                   out=args.out)
@@ -55,12 +59,13 @@ def register_bench(bench_sub) -> None:
                                                   "random:SIZE[:ATTENTION] for a random model at a paper size "
                                                   "(random:340M, random:1.8B:softpick; qbench/bench/models.py)")
     p.add_argument("--tasks", default="paper", help="task set or comma-separated tasks (default paper)")
-    p.add_argument("--limit", type=int, default=None, help="examples per task (default all)")
+    p.add_argument("--limit", type=positive_int, default=None, help="examples per task (default all)")
     p.add_argument("--device", default=None, help="cuda or cpu (default cuda when available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--hf-batch-size", type=int, default=32, help="batch size of the stock HFLM (default 32)")
-    p.add_argument("--batch-size", type=int, default=None, help="most rows per forward of ours (default: no cap)")
-    p.add_argument("--max-batch-tokens", type=int, default=None,
+    p.add_argument("--hf-batch-size", type=positive_int, default=32, help="batch size of the stock HFLM (default 32)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="most rows per forward of ours (default: no cap)")
+    p.add_argument("--max-batch-tokens", type=positive_int, default=None,
                    help="token budget per forward of ours (default 32768 on CUDA, 4096 on CPU; "
                         "--batch-check: 4096)")
     mode = p.add_mutually_exclusive_group()
@@ -69,10 +74,10 @@ def register_bench(bench_sub) -> None:
                            "--check-max-batch-tokens/--check-batch-size) and count the items that change")
     mode.add_argument("--overhead", action="store_true",
                       help="split evaluate() calls into task set-up, scoring and lm-eval's own work")
-    p.add_argument("--check-max-batch-tokens", type=int, default=512,
+    p.add_argument("--check-max-batch-tokens", type=positive_int, default=512,
                    help="--batch-check: token budget of the second setting (default 512)")
-    p.add_argument("--check-batch-size", type=int, default=1,
+    p.add_argument("--check-batch-size", type=positive_int, default=1,
                    help="--batch-check: rows per forward of the second setting (default 1)")
-    p.add_argument("--calls", type=int, default=3, help="--overhead: timed calls per mode (default 3)")
+    p.add_argument("--calls", type=positive_int, default=3, help="--overhead: timed calls per mode (default 3)")
     p.add_argument("--out", default=None, help="also write the result as JSON here (e.g. results/bench/eval-h200.json)")
     p.set_defaults(func=cmd_bench_eval)

@@ -424,6 +424,13 @@ def prepare(tasks_dir: Path | None = None, heldout: Path | str | None = None, fo
     given path that does not exist is an error.
     """
     tasks_dir = Path(tasks_dir or paths.TASKS_DIR).resolve()
+    explicit = heldout is not None
+    heldout = Path(heldout) if explicit else DEFAULT_HELDOUT
+    docs = read_heldout(heldout) if heldout.exists() else None   # a bad held-out file: refused before any work
+    if docs is None and explicit:
+        raise DataError(f"held-out file {heldout} does not exist")
+    if docs is not None and not docs:
+        raise DataError(f"{heldout}: no documents found")
     old = read_manifest(tasks_dir) or {}
     manifest = {"format_version": FORMAT_VERSION, "tasks": {}, "source": {}}
 
@@ -449,19 +456,12 @@ def prepare(tasks_dir: Path | None = None, heldout: Path | str | None = None, fo
                 log(f"{task:20s} {len(records):6d} records -> {tasks_dir / rel}")
 
     # held-out perplexity documents
-    explicit = heldout is not None
-    heldout = Path(heldout) if explicit else DEFAULT_HELDOUT
-    if heldout.exists():
-        docs = read_heldout(heldout)
-        if not docs:
-            raise DataError(f"{heldout}: no documents found")
+    if docs is not None:
         _write_jsonl(tasks_dir / HELDOUT_FILE, [{"text": d} for d in docs])
         manifest["tasks"][HELDOUT_TASK] = {
             "file": HELDOUT_FILE, "count": len(docs), "sha256": file_sha256(tasks_dir / HELDOUT_FILE),
             "source": str(heldout.resolve()), "source_sha256": file_sha256(heldout)}
         log(f"{HELDOUT_TASK:20s} {len(docs):6d} documents -> {tasks_dir / HELDOUT_FILE} (from {heldout})")
-    elif explicit:
-        raise DataError(f"held-out file {heldout} does not exist")
     elif HELDOUT_TASK in old.get("tasks", {}) and (tasks_dir / HELDOUT_FILE).exists():
         manifest["tasks"][HELDOUT_TASK] = old["tasks"][HELDOUT_TASK]
         log(f"{HELDOUT_TASK:20s} kept from an earlier run ({old['tasks'][HELDOUT_TASK].get('source')})")

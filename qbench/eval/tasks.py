@@ -83,6 +83,8 @@ def resolve_tasks(tasks="paper", online: bool | None = None, known_online: list[
     online = online_default() if online is None else online
     if isinstance(tasks, str):
         tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not isinstance(tasks, (list, tuple)) or not all(isinstance(t, str) for t in tasks):
+        raise UnknownTaskError(f"expected a task-set name, a task name or a list of them, got {tasks!r}")
     if not tasks:
         raise UnknownTaskError(f"no tasks given; valid {_valid_names(online)}")
     out: list[str] = []

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from ..attention import kinds
-from ..errors import QBenchError
+from ..errors import QBenchError, one_line
 from ..files import update_digest
 
 FORMATS = ("qbench", "transformers", "gguf")
@@ -55,6 +55,8 @@ CONFIG_ATTENTION_FIELD = "qbench_attention"
 ARCHITECTURE_FIELDS = ("hidden_size", "num_hidden_layers", "num_heads", "kv_heads", "head_dim", "mlp_size",
                        "vocab_size", "rope_theta", "norm_eps", "tie_word_embeddings", "qkv_bias", "bos_token_id",
                        "eos_token_id")
+SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_heads", "num_kv_heads", "intermediate_size", "vocab_size",
+                "max_position_embeddings")   # of the paper's config.json: positive integers (or null)
 LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
@@ -149,7 +151,7 @@ def _download(repo_id: str) -> str:
         return snapshot_download(repo_id)
     except Exception as err:  # no network, unknown repo, ...
         raise CheckpointError(f"{HUB_PREFIX}{repo_id} could not be fetched from the model hub (offline machines "
-                              f"can only use local checkpoints): {type(err).__name__}: {err}") from None
+                              f"can only use local checkpoints): {one_line(err)}") from None
 
 
 def _read_json(path: Path) -> dict:
@@ -173,7 +175,14 @@ def read_config(folder):
     raw = _read_json(config_file)
     if raw.get("model_type") != "transformer":
         raise CheckpointError(f"{config_file}: model_type is {raw.get('model_type')!r}, expected 'transformer'")
-    config = QBenchConfig.from_dict(raw)
+    for name in SHAPE_FIELDS:   # the config's own properties divide by them
+        value = raw.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise CheckpointError(f"{config_file}: field '{name}': expected an integer >= 1, got {value!r}")
+    try:
+        config = QBenchConfig.from_dict(raw)
+    except Exception as err:   # transformers' own validation of the fields
+        raise CheckpointError(f"{config_file}: {one_line(err)}") from None
     try:
         config.check_supported()
     except ValueError as err:
@@ -204,7 +213,7 @@ def _hf_config(folder: str, gguf_file: str | None, where: str, size: int, mtime:
     try:
         return AutoConfig.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
     except Exception as err:
-        raise CheckpointError(f"{where}: config could not be read: {type(err).__name__}: {err}") from None
+        raise CheckpointError(f"{where}: config could not be read: {one_line(err)}") from None
 
 
 def _own_attention(src: Source, config) -> tuple[str, str]:
@@ -218,7 +227,10 @@ def _own_attention(src: Source, config) -> tuple[str, str]:
         value = getattr(config, CONFIG_ATTENTION_FIELD, None)
         return (kinds.get(value).name, f"config.json {CONFIG_ATTENTION_FIELD}") if value else ("softmax", "default")
     except kinds.AttentionError as err:
-        raise CheckpointError(f"{src.file}: {err}") from None
+        field_name = "attn_impl" if src.format == "qbench" else CONFIG_ATTENTION_FIELD
+        where = (f"{src.file}: metadata '{GGUF_ATTENTION_KEY}'" if src.gguf_file else
+                 f"{src.folder / 'config.json'}: field '{field_name}'")
+        raise CheckpointError(f"{where}: {err}") from None
 
 
 def _resolve_attention(src: Source, config, attention: str | None) -> tuple[str, str, str]:
@@ -344,7 +356,7 @@ def _gguf_header_cached(path: str, size: int, mtime: int) -> GGUFHeader:
                 raise ValueError(f"truncated: the header declares {data_start + end} bytes of tensors, "
                                  f"the file has {size}")
     except (OSError, ValueError, struct.error, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: not a readable GGUF file ({type(err).__name__}: {err})") from None
+        raise CheckpointError(f"{path}: not a readable GGUF file ({one_line(err)})") from None
     tensors = {name: (tuple(reversed(dims)), qtype.name) for name, dims, qtype, _ in infos}
     return GGUFHeader({k: v for k, v in metadata.items() if v is not None}, tensors, digest.hexdigest()[:16])
 
@@ -357,14 +369,14 @@ def _safetensors_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
             return {name: (tuple(f.get_slice(name).get_shape()), f.get_slice(name).get_dtype()) for name in f.keys()}
     except Exception as err:
         raise CheckpointError(f"{path}: not a valid safetensors file (truncated or damaged?): "
-                              f"{type(err).__name__}: {err}") from None
+                              f"{one_line(err)}") from None
 
 
 def _bin_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     try:
         state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
     except Exception as err:
-        raise CheckpointError(f"{path}: not a readable pytorch_model.bin ({type(err).__name__}: {err})") from None
+        raise CheckpointError(f"{path}: not a readable pytorch_model.bin ({one_line(err)})") from None
     return {name: (tuple(t.shape), str(t.dtype).replace("torch.", "")) for name, t in state.items()}
 
 
@@ -425,7 +437,7 @@ def _meta_model(src: Source, config):
             return AutoModelForCausalLM.from_config(config, attn_implementation=NAME)
     except Exception as err:
         raise CheckpointError(f"{where}: not a causal LM that transformers can build "
-                              f"({type(err).__name__}: {err})") from None
+                              f"({one_line(err)})") from None
 
 
 def _optional_keys(model) -> tuple[set, list, list]:
@@ -590,11 +602,11 @@ def load_model(path, attention: str | None = None, device="cpu", dtype=torch.flo
                 src.folder, config=info.config, gguf_file=src.gguf_file, dtype=dtype, local_files_only=True,
                 output_loading_info=True, **extra)
         except Exception as err:
-            raise CheckpointError(f"{where}: weights could not be loaded: {type(err).__name__}: {err}") from None
+            raise CheckpointError(f"{where}: weights could not be loaded: {one_line(err)}") from None
         try:
             tokenizer = AutoTokenizer.from_pretrained(src.folder, gguf_file=src.gguf_file, local_files_only=True)
         except Exception as err:
-            raise CheckpointError(f"{where}: tokenizer could not be loaded: {type(err).__name__}: {err}") from None
+            raise CheckpointError(f"{where}: tokenizer could not be loaded: {one_line(err)}") from None
     tied, _, _ = _optional_keys(model)
     bad = {k: sorted(set(v) - tied) for k, v in loading.items() if k != "error_msgs" and set(v) - tied}
     if bad or loading.get("error_msgs"):

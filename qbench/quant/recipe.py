@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-import yaml
-
 from qbench import paths
+from qbench.files import read_yaml
 from .base import Field, RecipeError, get_method, methods
 from .formats import LABEL as FORMAT_LABEL, WIDTH as FORMAT_WIDTH
 
@@ -376,9 +375,9 @@ def load_recipe(path_or_name: str | Path | Recipe) -> Recipe:
     if not p.is_file():
         raise RecipeError(source, None, "no such recipe file")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise RecipeError(source, None, f"not valid YAML: {e}") from e
+        data = read_yaml(p)
+    except ValueError as err:
+        raise RecipeError(source, None, str(err)) from None
     return parse_recipe(data, source=source, expected_name=p.stem)
 
 
@@ -391,8 +390,8 @@ def is_sweep_file(path: Path) -> bool:
     if path.stem in SWEEP_FILES:
         return True
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+        data = read_yaml(path)
+    except ValueError:
         return False
     return isinstance(data, Mapping) and "grid" in data
 

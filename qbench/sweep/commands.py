@@ -3,26 +3,9 @@ damaged). Exit status: 0 every cell done, 1 some cells failed, 2 the sweep could
 sweep file or option, a full disk, corrupt cells found by --dry-run), 130 interrupted."""
 from __future__ import annotations
 
-import argparse
-import math
 import sys
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
+from ..cli import positive_float, positive_int
 
 
 def register(subparsers) -> None:
@@ -39,14 +22,14 @@ def register(subparsers) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                    help="where cells run (default: the sweep file's `device`, else auto)")
     lim = p.add_mutually_exclusive_group()
-    lim.add_argument("--limit", type=_positive, default=None, metavar="N",
+    lim.add_argument("--limit", type=positive_int, default=None, metavar="N",
                      help="examples per task, overriding the sweep file's limit and cpu_limit")
     lim.add_argument("--no-limit", action="store_true", help="all examples of every task, even on CPU")
     p.add_argument("--full-calib", action="store_true",
                    help="the recipes' own calibration batches even on CPU (ignore the sweep file's cpu_calib)")
-    p.add_argument("--workers", type=_positive, default=1, metavar="N",
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
                    help="local worker processes over disjoint cells; on CUDA one per GPU (CUDA_VISIBLE_DEVICES)")
-    p.add_argument("--workers-per-gpu", type=_positive, default=1, metavar="K",
+    p.add_argument("--workers-per-gpu", type=positive_int, default=1, metavar="K",
                    help="on CUDA, K local workers share each GPU (for small models; default 1)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: this process or --workers processes; ray: one Ray task per cell (pip install "
@@ -57,9 +40,9 @@ def register(subparsers) -> None:
     ray.add_argument("--ray-ship", choices=["path", "objects"], default=None,
                      help="how checkpoints and task data reach the workers: path (default: the same paths on every "
                           "node, e.g. a shared filesystem) or objects (through Ray's object store)")
-    ray.add_argument("--cpus-per-cell", type=_positive_float, default=None, metavar="N",
+    ray.add_argument("--cpus-per-cell", type=positive_float, default=None, metavar="N",
                      help="CPU cores each cell asks for (default 1; on CUDA a cell asks for one GPU as well)")
-    ray.add_argument("--cell-timeout", type=_positive_float, default=None, metavar="SECONDS",
+    ray.add_argument("--cell-timeout", type=positive_float, default=None, metavar="SECONDS",
                      help="a cell running longer is cancelled and stored as failed (default: no deadline)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, list the cells and their state (naming damaged files), compute nothing")
@@ -67,25 +50,30 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_sweep)
 
 
-def _executor(args, sweep, n_todo: int):
-    from .run import InProcess, Processes
+def _check_executor(args) -> None:
+    """Options of one executor given with the other: refused before the sweep file is read."""
     from .sweepfile import SweepError
 
     ray_only = {"--address": args.address, "--ray-ship": args.ray_ship, "--cpus-per-cell": args.cpus_per_cell,
                 "--cell-timeout": args.cell_timeout}
+    if args.executor == "ray" and args.workers > 1:
+        raise SweepError("command line", "--workers", "is for the local executor; with --executor ray the "
+                                                      "cluster's size says how many cells run at once")
+    given = [name for name, value in ray_only.items() if value is not None]
+    if args.executor != "ray" and given:
+        raise SweepError("command line", ", ".join(given), "only with --executor ray")
+
+
+def _executor(args, sweep, n_todo: int):
+    from .run import InProcess, Processes
+
     if args.executor == "ray":
-        if args.workers > 1:
-            raise SweepError("command line", "--workers", "is for the local executor; with --executor ray the "
-                                                          "cluster's size says how many cells run at once")
         if n_todo == 0:
             return InProcess(sweep.dtype)   # every cell is stored: no cluster to join
         from .ray_executor import RayExecutor
 
         return RayExecutor(sweep, address=args.address, ship=args.ray_ship or "path",
                            cpus_per_cell=args.cpus_per_cell or 1, cell_timeout=args.cell_timeout)
-    given = [name for name, value in ray_only.items() if value is not None]
-    if given:
-        raise SweepError("command line", ", ".join(given), "only with --executor ray")
     if args.workers > 1 and n_todo > 1:
         return Processes(min(args.workers, n_todo), sweep.device, sweep.dtype, log=print, per_gpu=args.workers_per_gpu)
     return InProcess(sweep.dtype)
@@ -99,6 +87,7 @@ def cmd_sweep(args) -> int:
 
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)   # lines appear as they happen, also through a pipe (tee)
+    _check_executor(args)
     sweep = load_sweep(args.sweep_file, results_dir=args.results, device=args.device, limit=args.limit,
                        no_limit=args.no_limit, full_calib=args.full_calib, check_store=not args.dry_run)
     cells = expand(sweep)

@@ -46,10 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .. import paths
 from ..errors import QBenchError
+from ..files import read_yaml
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -178,9 +177,9 @@ def read_sweep_file(path, _children: tuple = ()) -> tuple[dict, str]:
         raise SweepError(_children[-1] if _children else path, "extends" if _children else None,
                          f"no such sweep file: {path}")
     try:
-        data = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise SweepError(p, None, f"not valid YAML: {err}") from None
+        data = read_yaml(p)
+    except ValueError as err:
+        raise SweepError(p, None, str(err)) from None
     if not isinstance(data, dict):
         raise SweepError(p, None, f"a sweep file is a mapping of fields, got {type(data).__name__}")
     if "extends" in data:

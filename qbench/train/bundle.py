@@ -42,6 +42,8 @@ def write_bundle(corpus_dir, out, part_mib: float | None = None, preset: int = 9
     """Write corpus_dir's files as an xz-compressed tar (fixed member order, times and owners,
     so the same corpus gives the same bytes); returns the description written to `<out>.json`."""
     corpus_dir, out = Path(corpus_dir), Path(out)
+    if part_mib is not None and not part_mib > 0:
+        raise CorpusError(f"--part-mib must be a size in MiB > 0, got {part_mib}")
     started = time.time()
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..paths import SOURCE_ROOT
 from . import ddp
 from .data import TrainError
-from .train import (KINDS, LOG_FILE, PAIR_SUMMARY_FILE, SUMMARY_FILE, Inputs, RunSpec, check_spec,
+from .train import (KINDS, LOG_FILE, PAIR_SUMMARY_FILE, SUMMARY_FILE, Inputs, RunSpec, check_out_dir, check_spec,
                     prepare_out_dir, resolve_inputs, train_one)
 
 
@@ -55,10 +55,12 @@ def train_pair(spec: RunSpec, concurrent: bool | None = None) -> dict:
     check_spec(spec)
     if spec.measure_steps is not None:
         return {"measurements": {kind: measure_one(_with(spec, kind=kind)) for kind in KINDS}}
+    for out, overwrite in ((Path(spec.out), True), *((Path(spec.out) / kind, spec.overwrite) for kind in KINDS)):
+        check_out_dir(out, overwrite)
+    inputs = resolve_for(spec)   # before any folder is made
     root = prepare_out_dir(Path(spec.out), overwrite=True)
     for kind in KINDS:
         prepare_out_dir(root / kind, spec.overwrite)
-    inputs = resolve_for(spec)
     if concurrent is None:
         concurrent = spec.device != "cpu" and _cuda_available()
     started = time.time()
@@ -100,8 +102,9 @@ def train_distributed(spec: RunSpec) -> dict:
     check_spec(spec)
     if spec.measure_steps is not None:
         return measure_one(spec)
+    check_out_dir(Path(spec.out), spec.overwrite)
+    inputs = resolve_for(spec)   # before the folder is made
     out = prepare_out_dir(Path(spec.out), spec.overwrite)
-    inputs = resolve_for(spec)
     return run_arms(spec, inputs, out, {spec.kind: out}, concurrent=False)[spec.kind]
 
 

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import one_line
 from .data import TrainError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -81,7 +82,7 @@ def checkpoint_tokenizer(path):
         try:
             return AutoTokenizer.from_pretrained(str(folder))
         except Exception as err:
-            raise TrainError(f"tokenizer of {folder} could not be loaded: {type(err).__name__}: {err}") from None
+            raise TrainError(f"tokenizer of {folder} could not be loaded: {one_line(err)}") from None
     from ..model import load_model
 
     return load_model(str(path)).tokenizer

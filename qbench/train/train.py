@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import one_line
 from ..files import file_sha256, make_writable_dir
 from ..paths import CORPUS_DIR
 from . import ddp
@@ -89,13 +90,20 @@ def default_heldout(corpus_dir: Path | None = None) -> Path:
         return corpus_dir / "heldout_eval.txt"
 
 
-def prepare_out_dir(out: Path, overwrite: bool) -> Path:
-    """Create `out` and check that it is writable and holds no checkpoint (unless overwrite)."""
+def check_out_dir(out: Path, overwrite: bool) -> Path:
+    """Refuse an output folder that is a file or holds a checkpoint (unless overwrite); creates nothing
+    (the inputs are checked next, and only then is the folder made)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise TrainError(f"output folder {out} is a file")
     if not overwrite and out.is_dir() and any((out / name).exists() for name in CHECKPOINT_FILES):
         raise TrainError(f"output folder {out} already holds a checkpoint; pass --overwrite to replace it")
+    return out
+
+
+def prepare_out_dir(out: Path, overwrite: bool) -> Path:
+    """Create `out` and check that it is writable and holds no checkpoint (unless overwrite)."""
+    out = check_out_dir(out, overwrite)
     try:
         make_writable_dir(out)
     except OSError as err:
@@ -112,7 +120,7 @@ def load_tokenizer(folder: Path):
     try:
         return AutoTokenizer.from_pretrained(str(folder))
     except Exception as err:  # a folder without tokenizer files, a broken file
-        raise TrainError(f"tokenizer in {folder} could not be loaded: {type(err).__name__}: {err}") from None
+        raise TrainError(f"tokenizer in {folder} could not be loaded: {one_line(err)}") from None
 
 
 def encode_documents(tokenizer, docs: list[str]):
@@ -309,7 +317,7 @@ def _train(spec: RunSpec, preset: dict, inputs: Inputs | None, ctx: ddp.Dist, de
     measuring = spec.measure_steps is not None
     out = Path(spec.out) if spec.out else None
     if out is not None and ctx.main:
-        out = prepare_out_dir(out, spec.overwrite or measuring)
+        check_out_dir(out, spec.overwrite or measuring)
     started = time.time()
 
     import torch
@@ -328,6 +336,8 @@ def _train(spec: RunSpec, preset: dict, inputs: Inputs | None, ctx: ddp.Dist, de
         tokenizer = load_tokenizer(inputs.tokenizer)
         model = fresh_model(preset, spec.kind, spec.seed, tokenizer)
         origin = {"fresh": True, "seed": spec.seed}
+    if out is not None and ctx.main:
+        out = prepare_out_dir(out, spec.overwrite or measuring)   # the inputs are there: now the folder
     tokens = load_tokens(inputs.tokens)
     context = preset["context"]
     vocab = vocab_rows(model)

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from .. import paths
 from ..attention import kinds
 from ..errors import QBenchError, one_line
 from ..files import update_digest
@@ -119,7 +120,7 @@ def resolve_source(path) -> Source:
 
         file = real_model_path(text[len(REAL_PREFIX):], fetch=False)
         return Source(text, file.parent, "gguf", file.name)
-    p = Path(text).expanduser()
+    p = paths.find(text)   # relative paths also inside the package (the bundled pair, anywhere)
     if not p.exists():
         hint = f" (a hub id needs the prefix {HUB_PREFIX}, e.g. {HUB_PREFIX}{text})" if _looks_like_hub_id(text) else ""
         raise CheckpointError(f"checkpoint not found: {p}{hint}")

@@ -279,12 +279,6 @@ class Recipe:
             d["calib"] = dict(self.calib)
         return d
 
-    def label(self, bits: int | None) -> str:
-        """The table column label of this recipe at a weight width ("4-bit", "W4A8", ...)."""
-        if self.activation:
-            return f"W{bits}A{self.activation.get('bits') or self.activation.get('dtype')}"
-        return f"{bits}-bit"
-
     def replace(self, **changes) -> "Recipe":
         """A copy with fields changed (as in to_dict's form), validated again (e.g. a smaller
         calib in tests; calib=None drops it, for a recipe that no longer calibrates)."""

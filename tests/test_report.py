@@ -223,10 +223,11 @@ def _table_rows(text):
 
 
 def test_committed_old_store_renders_with_the_same_numbers(tmp_path):
-    """results/full (pair manifest, old records, no sidecars): regenerated paper and summary tables
-    have exactly the committed rows; each old softpick - softmax table is unchanged."""
-    src = paths.SOURCE_ROOT / "results" / "full"
-    root = tmp_path / "full"
+    """results/h200-tiny-full-rerun (pair manifest, old records, no sidecars; its tables are kept as
+    the report of 2026-11-28 wrote them): regenerated paper and summary tables have exactly the
+    committed rows; each old softpick - softmax table is unchanged."""
+    src = paths.SOURCE_ROOT / "results" / "h200-tiny-full-rerun"
+    root = tmp_path / "old"
     shutil.copytree(src / "cells", root / "cells")
     shutil.copy(src / "sweep.json", root / "sweep.json")
     written = _write(root)

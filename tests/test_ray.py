@@ -101,8 +101,7 @@ def cluster():
     cli = [sys.executable, "-m", "ray.scripts.scripts", "start", "--num-cpus", "1", "--num-gpus", "0",
            "--object-store-memory", str(100 << 20), "--plasma-directory", str(tmp), "--disable-usage-stats"]
     nodes = [["--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--temp-dir", str(tmp),
-              "--include-dashboard=false", "--dashboard-port", str(_free_port()),
-              "--ray-client-server-port", str(_free_port())],
+              "--include-dashboard=false", "--dashboard-port", str(_free_port())],
              ["--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1"]]
     state = {"address": f"127.0.0.1:{port}", "tmp": tmp, "env": env, "groups": set()}
     try:

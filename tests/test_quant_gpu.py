@@ -1,6 +1,6 @@
 """qbench.quant on CUDA (skipped without it): every recipe at every width (and every activation /
-KV width a sweep varies as an axis) on a small bf16 model, for both attention kinds, and the
-time each method takes on a paper-size (340M-shaped) model.
+KV width a sweep varies as an axis) on a small bf16 model, for both attention kinds, and every
+method on a paper-size (340M-shaped) model (its time printed, not asserted).
 
 Run `python tests/test_quant_gpu.py` on a GPU machine to print a JSON timing table.
 """

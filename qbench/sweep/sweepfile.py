@@ -212,21 +212,26 @@ def _arms_of(data: dict, source: str) -> tuple[list[dict], str | None]:
         return [{"name": k, "path": pair[k], "expect": k} for k in PAIR_ARMS], data.get("baseline", "softmax")
     if "arms" not in data:
         raise SweepError(source, "arms", "missing (required: the checkpoints to compare; or `pair`)")
-    raw = data["arms"]
-    if not isinstance(raw, list) or not raw:
-        raise SweepError(source, "arms", "expected a non-empty list of {name: NAME, path: PATH}")
-    out = []
-    for i, arm in enumerate(raw):
-        where = f"arms[{i}]"
-        if isinstance(arm, str):
-            arm = {"path": arm}
-        if not isinstance(arm, dict) or "path" not in arm:
-            raise SweepError(source, where, f"expected {{name: NAME, path: PATH, attention: KIND}}, got {arm!r}")
-        unknown = set(arm) - set(_ARM_FIELDS)
-        if unknown:
-            raise SweepError(source, f"{where}.{sorted(unknown)[0]}", f"unknown field; known: {list(_ARM_FIELDS)}")
-        out.append(dict(arm))
+    out = [dict(arm) for _, arm in _entries(data["arms"], source, "arms", "path", _ARM_FIELDS,
+                                            "{name: NAME, path: PATH}", "{name: NAME, path: PATH, attention: KIND}")]
     return out, data.get("baseline")
+
+
+def _entries(raw, source: str, field_name: str, key: str, known, listed: str, shape: str):
+    """(where, entry) for each entry of the list `field_name`: a mapping with `key` and only `known`
+    fields, or a plain string as shorthand for {key: string}; SweepError naming the entry otherwise."""
+    if not isinstance(raw, list) or not raw:
+        raise SweepError(source, field_name, f"expected a non-empty list of {listed}")
+    for i, entry in enumerate(raw):
+        where = f"{field_name}[{i}]"
+        if isinstance(entry, str):
+            entry = {key: entry}
+        if not isinstance(entry, dict) or key not in entry:
+            raise SweepError(source, where, f"expected {shape}, got {entry!r}")
+        unknown = set(entry) - set(known)
+        if unknown:
+            raise SweepError(source, f"{where}.{sorted(unknown)[0]}", f"unknown field; known: {list(known)}")
+        yield where, entry
 
 
 def sweep_arms(path) -> tuple[list[tuple[str, Path, str | None]], Path | None]:
@@ -296,19 +301,9 @@ def _check_arms(arms_raw: list[dict], baseline, compare: str, source: str) -> tu
 
 
 def _grid_points(data: dict, source: str, quant) -> tuple[list[GridPoint], list[dict]]:
-    grid_raw = data["grid"]
-    if not isinstance(grid_raw, list) or not grid_raw:
-        raise SweepError(source, "grid", "expected a non-empty list of {recipe: ..., bits: [...]}")
     points, entries, seen = [], [], {}
-    for i, entry in enumerate(grid_raw):
-        where = f"grid[{i}]"
-        if isinstance(entry, str):
-            entry = {"recipe": entry}
-        if not isinstance(entry, dict) or "recipe" not in entry:
-            raise SweepError(source, where, f"expected {{recipe: NAME, bits: [...]}}, got {entry!r}")
-        unknown = set(entry) - set(_GRID_FIELDS)
-        if unknown:
-            raise SweepError(source, f"{where}.{sorted(unknown)[0]}", f"unknown field; known: {list(_GRID_FIELDS)}")
+    for where, entry in _entries(data["grid"], source, "grid", "recipe", _GRID_FIELDS,
+                                 "{recipe: ..., bits: [...]}", "{recipe: NAME, bits: [...]}"):
         ref = entry["recipe"]
         if not isinstance(ref, str) or not ref:
             raise SweepError(source, f"{where}.recipe", f"expected a recipe name or path, got {ref!r}")
@@ -336,8 +331,8 @@ def _grid_points(data: dict, source: str, quant) -> tuple[list[GridPoint], list[
         if len(set(bits)) != len(bits):
             raise SweepError(source, f"{where}.bits", f"a width is listed twice: {bits}")
         if recipe.name in seen:
-            raise SweepError(source, f"{where}.recipe", f"recipe {recipe.name!r} is already in grid[{seen[recipe.name]}]")
-        seen[recipe.name] = i
+            raise SweepError(source, f"{where}.recipe", f"recipe {recipe.name!r} is already in {seen[recipe.name]}")
+        seen[recipe.name] = where
         axes = {}
         for axis in ("act_bits", "kv_bits"):
             if axis in entry:

@@ -97,6 +97,8 @@ def test_module_subcommands_pass_every_argument_to_the_module(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "paper-scale", "--out", "x", "--steps", "gptq,nope"])
     assert exit_.value.code == 2 and "qbench bench paper-scale: error: unknown steps ['nope']" in capsys.readouterr().err
+    assert main(["bench", "paper-scale", "--out", "x", "--tiny", "--eval-size", "7B"]) == 2
+    assert "--eval-size 7B: expected one of ['1.8B', '340M']" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(["bench", "attention", "--quick"]) == 2
         assert capsys.readouterr().err == "qbench bench attention: error: needs a CUDA device (--compile-only needs none)\n"

@@ -127,6 +127,18 @@ def test_pair_shares_init_and_data_order(corpus, tmp_path):
     assert [r["batch_hash"] for r in logs["softmax"]] == [r["batch_hash"] for r in logs["softpick"]]
     assert [r["loss"] for r in logs["softmax"]] != [r["loss"] for r in logs["softpick"]]  # attention differs
     assert json.loads((tmp_path / "pair" / T.PAIR_SUMMARY_FILE).read_text())["same_init"] is True
+    # their loss curves: `qbench plot-training PAIR` finds both runs and reads every logged step
+    from qbench.cli import main
+    from qbench.train import curves
+
+    runs = curves.find_runs([tmp_path / "pair"])
+    assert list(runs) == ["pair/softmax", "pair/softpick"]
+    assert curves.read_log(runs["pair/softpick"])["loss"] == [float(r["loss"]) for r in logs["softpick"]]
+    assert main(["plot-training", str(tmp_path / "pair"), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "pair" / "softmax" / T.LOG_FILE).write_text("step,tokens,loss,lr\n1,2048,nan?,0.1\n")
+    with pytest.raises(curves.CurveError, match=r"softmax/train_log.csv: row 2, field loss: not a number"):
+        curves.read_log(tmp_path / "pair" / "softmax")
 
 
 @pytest.mark.slow

@@ -13,9 +13,9 @@ last, since a variant that broke the CUDA context would stop every step after it
           matmul and copy ceilings measured first.
   gptq    GPTQ 4-bit (recipes/gptq.yaml: group 128, 128 x 512 calibration tokens) on a random 1.8B
           model with --gptq-layers blocks: seconds per block, extrapolated to the 32 blocks.
-  eval    our scorer vs lm-eval's HFLM on a random 340M model, paper task set (`qbench bench eval`'s
-          code), --eval-limit examples per task.
-  cell    one sweep cell at 340M (softpick arm, GPTQ 4-bit): its phases as sweep/runner.py computes
+  eval    our scorer vs lm-eval's HFLM on a random --eval-size model (340M or 1.8B), paper task set
+          (`qbench bench eval`'s code), --eval-limit examples per task.
+  cell    one sweep cell at --eval-size (softpick arm, GPTQ 4-bit): its phases as sweep/runner.py computes
           them (load_checkpoint from a temporary folder, copy to the device, calibration batch,
           quantize, evaluate with --eval-limit), each timed.
 Writes DIR/paper-scale.md and DIR/paper-scale.json; the short table is printed last.
@@ -45,6 +45,7 @@ from .attention import (accurate, bench, check_configs, copy_bandwidth, fwd_flop
 
 STEPS = ("gptq", "eval", "cell", "kernel")   # the kernel's new variants last: a broken CUDA context stops what follows
 GOALS = {"fwd": 1.1, "fwdbwd": 1.25}   # ours / SDPA default backend at T=4096, D=128 bf16 (issue 19)
+EVAL_GOALS = {"340M": 6.0, "1.8B": 3.0}   # scorer / HFLM end to end, all examples (issue 19)
 
 
 def log(*a):
@@ -54,9 +55,11 @@ def log(*a):
 class Setup:
     """What a run measures on: full paper sizes on a GPU, or tiny shapes (--tiny)."""
 
-    def __init__(self, tiny: bool, eval_limit, gptq_layers: int, out: Path):
+    def __init__(self, tiny: bool, eval_limit, gptq_layers: int, out: Path, eval_size: str = "340M"):
         if eval_limit not in (None, "all") and not (str(eval_limit).isdigit() and int(eval_limit) > 0):
             raise BenchError(f"--eval-limit {eval_limit}: expected a number of examples >= 1, or 'all'")
+        if eval_size not in EVAL_GOALS:
+            raise BenchError(f"--eval-size {eval_size}: expected one of {sorted(EVAL_GOALS)}")
         if gptq_layers < 1:
             raise BenchError(f"--gptq-layers must be at least 1, got {gptq_layers}")
         if Path(out).exists() and not Path(out).is_dir():
@@ -71,7 +74,7 @@ class Setup:
         self.kernel_shape = dict(t=64, d=32, tokens=128, hidden=64) if tiny else dict(t=4096, d=128)
         self.kernel_dtype = torch.bfloat16 if self.cuda else torch.float32   # the interpreter has no bf16
         self.model_dtype = "bfloat16" if self.cuda else "float32"
-        self.gptq_size, self.eval_size = ("tiny", "tiny") if tiny else ("1.8B", "340M")
+        self.gptq_size, self.eval_size = ("tiny", "tiny") if tiny else ("1.8B", eval_size)
         self.gptq_layers = gptq_layers
         self.eval_limit = (2 if tiny else 1000) if eval_limit is None else (None if eval_limit == "all" else int(eval_limit))
 
@@ -237,12 +240,12 @@ def step_eval(setup: Setup, res: dict) -> None:
                    device=setup.device, dtype=setup.model_dtype, out=setup.out / "paper-scale-eval.json",
                    log=lambda *a: log("  ", *a))
     res.update({k: r[k] for k in ("seconds", "speedup", "scoring_seconds", "scoring_speedup", "max_metric_difference",
-                                  "n_samples", "limit", "scorer_stats", "dtype")})
+                                  "n_samples", "limit", "scorer_stats", "dtype")}, size=setup.eval_size)
 
 
 # ----------------------------------------------------------------------------- one cell
 def step_cell(setup: Setup, res: dict) -> None:
-    """The phases of one cell (qbench/sweep/runner.py: _compute), at 340M, GPTQ 4-bit, softpick."""
+    """The phases of one cell (qbench/sweep/compute.py), at --eval-size, GPTQ 4-bit, softpick."""
     from qbench import paths
     from qbench.bench import models as bench_models
     from qbench.eval import evaluate
@@ -329,9 +332,10 @@ def summary_rows(results: dict) -> list[tuple[str, str, str]]:
                      "blocks", f"{g['per_block']:.2f} s / {g['extrapolated']:.0f} s", "-"))
     e = results.get("eval")
     if isinstance(e, dict) and "speedup" in e:
-        rows.append((f"scorer vs HFLM, end to end / in the scorer (limit {e['limit']}, {e['dtype']})",
+        size = e.get("size", "340M")
+        rows.append((f"scorer vs HFLM at {size}, end to end / in the scorer (limit {e['limit'] or 'none'}, {e['dtype']})",
                      f"{e['speedup']:.2f}x / {e['scoring_speedup']:.2f}x ({e['seconds']['qbench']:.1f} vs "
-                     f"{e['seconds']['hf']:.1f} s)", ">= 6x at 340M, all examples"))
+                     f"{e['seconds']['hf']:.1f} s)", f">= {EVAL_GOALS.get(size, 6.0):g}x at {size}, all examples"))
         rows.append(("scorer vs HFLM, largest metric difference", f"{e['max_metric_difference']:.2g}", "-"))
     c = results.get("cell")
     if isinstance(c, dict) and "timing" in c:
@@ -384,13 +388,14 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny shapes and models (CPU test of every step)")
     ap.add_argument("--eval-limit", default=None,
                     help="examples per task for eval and cell (default 1000; 'all' for every example; --tiny: 2)")
+    ap.add_argument("--eval-size", default="340M", help=f"model size of the eval step: {' or '.join(EVAL_GOALS)} (default 340M)")
     ap.add_argument("--gptq-layers", type=int, default=2, help="blocks of the 1.8B model GPTQ runs on (default 2)")
     args = ap.parse_args(argv)
     steps = [s for s in args.steps.split(",") if s]
     unknown = sorted(set(steps) - set(STEPS))
     if unknown:
         ap.error(f"unknown steps {unknown}; expected a subset of {list(STEPS)}")
-    setup = Setup(args.tiny, args.eval_limit, args.gptq_layers, args.out)
+    setup = Setup(args.tiny, args.eval_limit, args.gptq_layers, args.out, args.eval_size)
 
     import triton
 

@@ -211,13 +211,14 @@ def format_pair(pair: dict) -> str:
 
 
 def register(subparsers) -> None:
-    """Add `qbench train`."""
+    """Add `qbench train` and `qbench plot-training`."""
     from . import train
 
     parser = subparsers.add_parser("train", help="train a model or a softmax/softpick pair from a preset",
                                    description=train.__doc__.split("\n\n")[0])
     add_train_arguments(parser)
     parser.set_defaults(func=cmd_train)
+    register_plot(subparsers)
 
 
 def register_data(data_subparsers) -> None:
@@ -246,3 +247,24 @@ def register_data(data_subparsers) -> None:
     u.add_argument("--out", type=Path, required=True, help="corpus folder to unpack into")
     u.add_argument("--no-tokenize", action="store_true", help="unpack only")
     u.set_defaults(func=cmd_unbundle)
+
+
+def register_plot(subparsers) -> None:
+    """Add `qbench plot-training`."""
+    from ..cli import positive_int
+    from . import curves
+
+    p = subparsers.add_parser("plot-training", help="loss curves of training runs (PNG)",
+                              description=curves.__doc__.split("\n\n")[1].replace("\n", " "))
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="a `qbench train --out` folder (model or pair)")
+    p.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    p.add_argument("--smooth", type=positive_int, default=50, help="moving-average window in steps (default 50)")
+    p.set_defaults(func=cmd_plot_training)
+
+
+def cmd_plot_training(args) -> int:
+    from . import curves
+
+    out = curves.plot_runs(curves.find_runs(args.runs), args.out, smooth=args.smooth)
+    print(f"loss curves: {out}")
+    return 0

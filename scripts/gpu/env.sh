@@ -11,3 +11,5 @@ qb() { python3 -m qbench.cli "$@"; }
 if [ -d .ckpt/tiny ] && [ ! -d /tmp/ckpt/tiny ]; then mkdir -p /tmp/ckpt && cp -r .ckpt/tiny /tmp/ckpt/; fi
 if [ ! -d qbench/checkpoints/tiny ] && [ -d /tmp/ckpt/tiny ]; then mkdir -p qbench/checkpoints && ln -s /tmp/ckpt/tiny qbench/checkpoints/tiny; fi
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
+# pack NAME: everything under $OUT into one $OUT/NAME.tgz (a call brings back at most 8 files)
+pack() { tar -czf "/tmp/$1.tgz" -C "$OUT" . && rm -rf "${OUT:?}"/* && mv "/tmp/$1.tgz" "$OUT/" && ls -la "$OUT"; }

@@ -215,7 +215,9 @@ def _table_rows(text):
     out, title = {}, None
     for line in text.splitlines():
         if line.startswith("## "):
-            title = line[3:]
+            # the recipe's name and, for a deltas table, its comparison (the heading's wording may change)
+            last = line.rsplit(": ", 1)[-1]
+            title = line[3:].split(" (")[0] + (f": {last}" if " - " in last else "")
             out[title] = []
         elif line.startswith("| ") and title:
             out[title].append(line)

@@ -244,7 +244,7 @@ class QBenchLM(HFLM):
             batches.append(cur)
 
         device = self.device
-        ll_out = torch.zeros(n, dtype=torch.float64, device=device)
+        token_ll, token_who = [], []   # per scored token, summed per request at the end (deterministically)
         miss_out = torch.zeros(n, dtype=torch.int64, device=device)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for batch in batches:
@@ -271,9 +271,13 @@ class QBenchLM(HFLM):
             idx = idx.to(device, non_blocking=True)
             ids_t = ids_t.to(device, non_blocking=True)
             logits = self._scored_logits(ids_t, idx[0], idx[1], min(t_idx))   # [N, V]
-            self._accumulate(logits, idx[2], idx[3], ll_out, miss_out, greedy)
+            token_ll.append(self._accumulate(logits, idx[2], idx[3], miss_out, greedy))
+            token_who.append(idx[3])
             del logits
-        ll = ll_out.cpu().tolist()
+        # one sequential float64 sum per request, in scoring order (np.bincount): atomic adds on CUDA
+        # (index_add_) would sum in a scheduling-dependent order, changing last bits between runs
+        ll = np.bincount(torch.cat(token_who).cpu().numpy(), weights=torch.cat(token_ll).cpu().numpy(),
+                         minlength=n).tolist()
         miss = miss_out.cpu().tolist()
         return [(float(a), greedy and m == 0) for a, m in zip(ll, miss)]
 
@@ -318,17 +322,19 @@ class QBenchLM(HFLM):
         return out.logits if hasattr(out, "logits") else out[0]
 
     @staticmethod
-    def _accumulate(logits, tgt, who, ll_out, miss_out, greedy: bool = True, chunk: int = 8192) -> None:
-        """Float32 log-softmax of the scored positions' logits [N, V] (in chunks of rows); per-request
-        sums (float64) and greedy misses (argmax != target)."""
+    def _accumulate(logits, tgt, who, miss_out, greedy: bool = True, chunk: int = 8192) -> torch.Tensor:
+        """Float32 log-softmax of the scored positions' logits [N, V] (in chunks of rows): the targets'
+        log-probabilities [N] (float64), and greedy misses (argmax != target) counted per request."""
+        out = []
         for s in range(0, logits.shape[0], chunk):
             sl = slice(s, s + chunk)
             lp = torch.log_softmax(logits[sl].float(), dim=-1)
             t = tgt[sl]
-            ll_out.index_add_(0, who[sl], lp.gather(1, t[:, None]).squeeze(1).double())
+            out.append(lp.gather(1, t[:, None]).squeeze(1).double())
             if greedy:
-                miss_out.index_add_(0, who[sl], (lp.argmax(dim=-1) != t).long())
+                miss_out.index_add_(0, who[sl], (lp.argmax(dim=-1) != t).long())   # integers: order-free
             del lp
+        return torch.cat(out)
 
 
 def estimate_flops_tokens(stats: dict) -> str:

@@ -56,11 +56,13 @@ def _cell_text(entry: Entry, task: str, metric: str) -> str:
     return text if sd is None else f"{text} (sd {sd * (100 if is_accuracy(metric) else 1):.2f})"
 
 
-def _recipe_title(recipe: dict) -> str:
-    kind = "weight+activation" if recipe.get("activation") else "weight-only"
+def _recipe_title(recipe: dict, describe: bool = True) -> str:
+    """'name (weight method, calibration): the recipe's own description' (what a recipe quantizes
+    (weights, activations, KV cache, attention maps) is said once, in its description)."""
     calib = recipe.get("calib")
     calib = f", calibration {calib['samples']} x {calib['seq_len']} tokens" if calib else ""
-    return f"{recipe['name']} ({recipe.get('method') or '?'}, {kind}{calib})"
+    description = f": {recipe['description']}" if describe and recipe.get("description") else ""
+    return f"{recipe['name']} ({recipe.get('method') or 'no weight method'}{calib}){description}"
 
 
 def _columns(grid: Grid, recipe: dict) -> list[str]:
@@ -171,7 +173,7 @@ def _delta_table(grid: Grid, analysis: Analysis, recipe: dict, family: str, arm:
             row.append(comparison_text(c))
         rows.append(row)
     caption = f"{grid.caption()} Accuracies in percentage points. {_stats_caption(analysis, comps)} Entry: {what}."
-    return Table(f"{_recipe_title(recipe)}: {title}", caption, ["task metric"] + cols, rows)
+    return Table(f"{_recipe_title(recipe, describe=False)}: {title}", caption, ["task metric"] + cols, rows)
 
 
 def delta_tables(grid: Grid, analysis: Analysis) -> list[Table]:

@@ -9,7 +9,11 @@ mkdir -p "$OUT" /tmp/qbdata
 qb() { python3 -m qbench.cli "$@"; }
 # the bundled pair travels in one call only (.ckpt/tiny, carried); later calls find it under /tmp
 if [ -d .ckpt/tiny ] && [ ! -d /tmp/ckpt/tiny ]; then mkdir -p /tmp/ckpt && cp -r .ckpt/tiny /tmp/ckpt/; fi
-if [ ! -d qbench/checkpoints/tiny ] && [ -d /tmp/ckpt/tiny ]; then mkdir -p qbench/checkpoints && ln -s /tmp/ckpt/tiny qbench/checkpoints/tiny; fi
+# (the copied tree can hold an empty qbench/checkpoints/tiny/ when the real one was moved out for
+# the stay: the stay of 2026-12-02b lost its first call's scorer runs to that)
+if [ ! -f qbench/checkpoints/tiny/softmax/tokenizer.json ] && [ -d /tmp/ckpt/tiny ]; then
+  rm -rf qbench/checkpoints/tiny && mkdir -p qbench/checkpoints && ln -s /tmp/ckpt/tiny qbench/checkpoints/tiny
+fi
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 # pack NAME: everything under $OUT into one $OUT/NAME.tgz (a call brings back at most 8 files)
 pack() { tar -czf "/tmp/$1.tgz" -C "$OUT" . && rm -rf "${OUT:?}"/* && mv "/tmp/$1.tgz" "$OUT/" && ls -la "$OUT"; }

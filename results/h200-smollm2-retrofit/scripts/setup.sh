@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# First call of a stay: carried wheels into /tmp/site, task data into /tmp/qbdata, an environment report.
+source scripts/gpu/env.sh
+stamp setup
+if [ ! -f /tmp/site/.done ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && touch /tmp/site/.done || exit 1
+fi
+# large inputs travel in parts, one .gpuN folder per call (carried: ignored by git)
+[ -d /tmp/qbdata/tasks ] || tar -xJf .gpu1/tasks.tar.xz -C /tmp/qbdata
+for f in .gpu*/gguf.part* .gpu*/train.txt.xz; do [ -f "$f" ] && cp "$f" /tmp/; done
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv
+  python3 -c "import torch, triton, transformers, lm_eval; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'lm_eval', lm_eval.__version__)"
+} 2>&1 | tee "$OUT/env.txt"
+stamp setup done

@@ -48,7 +48,7 @@ COMMON = {
                       "attention dispatch, the registry of kinds, reference normalisers and the softpick kernel"),
     "scorer": Area("4", ("eval/adapter.py", "eval/runner.py", "eval/metrics.py", "eval/items.py", "eval/bootstrap.py"),
                    "lm-eval integration, the fast scorer, per-item results and the stderr bootstrap"),
-    "cell": Area("2", ("sweep/compute.py",), "one cell's computation: copy, quantize, evaluate (with per-item results)"),
+    "cell": Area("3", ("sweep/compute.py",), "one cell's computation: copy, quantize, evaluate (with per-item results)"),
 }
 # Areas of the quantization recipes: a recipe uses quant.core, its weight method's area, one per
 # section it has (activation, kv_cache, attention, the transform's type) and calibration if it calibrates.
@@ -113,10 +113,13 @@ def cell_code_versions(recipe: dict | None) -> dict[str, str]:
     return {name: AREAS[name].version for name in [*COMMON, *areas_of_recipe(recipe)]}
 
 
-def runtime_identity(device: str) -> dict:
+def runtime_identity(device: str, cpu_threads: int | None = None) -> dict:
     """Switches that change numbers without changing code: environment variables read on the
-    numerical path, the float32 matmul precision and TF32 flags, deterministic-algorithms mode, and
-    on CUDA the softpick kernel's committed config table (qbench/attention/kernel_configs.json)."""
+    numerical path, the float32 matmul precision and TF32 flags, deterministic-algorithms mode, on
+    CUDA the softpick kernel's committed config table (qbench/attention/kernel_configs.json), and on
+    CPU the torch thread count a cell computes with (`cpu_threads`, default this process's): GPTQ's
+    quantized weights differ between 1 and 2 threads (the reduction order of its linear algebra).
+    The cell sets that count before it computes (qbench/sweep/compute.py)."""
     import os
 
     import torch
@@ -132,6 +135,8 @@ def runtime_identity(device: str) -> dict:
         ident.update(cuda_matmul_tf32=torch.backends.cuda.matmul.allow_tf32,
                      cudnn_tf32=torch.backends.cudnn.allow_tf32,
                      softpick_kernel_configs=triton_softpick.config_table_version())
+    else:
+        ident["cpu_threads"] = int(cpu_threads or torch.get_num_threads())
     return ident
 
 

@@ -174,6 +174,15 @@ def test_keys_change_with_every_input_and_only_then(tiny_pair, tokenizer, tmp_pa
         differs(keys_of(base), everything)
     finally:
         torch.set_float32_matmul_precision(precision)
+    # the CPU thread count the cells compute with (GPTQ's weights depend on it), and what the
+    # command line makes of it: one in-process worker keeps this process's, N workers a share each
+    from qbench.sweep.run import cell_threads, worker_threads
+
+    differs([c.key for c in expand(load_sweep(base, check_store=False), cpu_threads=torch.get_num_threads() + 1)],
+            everything)
+    assert cell_threads("cpu") == torch.get_num_threads() and cell_threads("cuda", workers=4) is None
+    assert cell_threads("cpu", workers=2) == worker_threads(2) == max(1, (os.cpu_count() or 1) // 2)
+    assert cell_threads("cpu", executor="ray", cpus_per_cell=3) == 3
     # device type
     real_dev = cells_module.device_identity
     monkeypatch.setattr(cells_module, "device_identity", lambda d: {"type": "cuda", "name": "some GPU"})
@@ -368,6 +377,26 @@ def test_full_disk_stops_the_sweep_cleanly(tiny_pair, tmp_path, capsys, monkeypa
     assert not list((tmp_path / "r" / "cells").glob("*.json"))
 
 
+def test_a_cpu_cell_computes_with_the_thread_count_of_its_key(tiny_pair, tmp_path, data_dir):
+    """The key holds the thread count (GPTQ's weights depend on it); the cell sets it, whatever
+    the process had."""
+    import torch
+
+    from qbench.sweep.compute import ModelSource, compute_cell
+
+    path = write_sweep(tmp_path, tiny_pair, [{"recipe": "rtn", "bits": [8]}], limit=2)
+    before = torch.get_num_threads()
+    want = 1 if before > 1 else 2
+    try:
+        spec = expand(load_sweep(path, check_store=False, device="cpu"), cpu_threads=want)[-1]
+        assert spec.identity["runtime"]["cpu_threads"] == want and spec.recipe is not None
+        record, _ = compute_cell(spec, ModelSource())
+        assert record["status"] == "done", record["error"]
+        assert record["host"]["torch_threads"] == want == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------- resume after kill -9
 def _snapshot(cells_dir: Path) -> dict:
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in cells_dir.glob("*.json")}
@@ -384,8 +413,12 @@ def test_resume_after_kill_9(tiny_pair, tmp_path, data_dir):
     results = tmp_path / "results"
     cells_dir = results / "cells"
     env = {**os.environ, "QBENCH_DATA": str(data_dir)}
-    proc = subprocess.Popen(_sweep_cmd(path, results), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    # one process with a worker's share of the cores: the keys hold the CPU thread count, so the
+    # rerun's two workers find its cells under the same keys
+    from qbench.sweep.run import worker_threads
+
+    proc = subprocess.Popen(_sweep_cmd(path, results), env={**env, "OMP_NUM_THREADS": str(worker_threads(2))},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 240
     while not list(cells_dir.glob("*.json")):
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
@@ -422,7 +455,15 @@ def test_resume_after_kill_9(tiny_pair, tmp_path, data_dir):
             (k, r, b) for k in ("softmax", "softpick") for r, b in [("rtn", 4), ("rtn", 8), ("hqq", 4)]}
     q = next(r for r in records if r["recipe"] and r["recipe"]["name"] == "hqq")["quant_report"]
     assert q["layers_quantized"] > 0 and q["weight_error"] > 0
-    # a third run computes nothing
+    # with another thread count per cell the keys differ, and the dry run says where the cells are
+    other = 2 if worker_threads(2) == 1 else 1
+    dry = subprocess.run(_sweep_cmd(path, results, "--dry-run", "--cpu-threads", str(other)), env=env,
+                         capture_output=True, text=True, timeout=400)
+    assert dry.returncode == 0 and "0 stored" in dry.stdout, dry.stdout[-2000:]
+    assert (f"note: 8 of the cells to compute are stored for {worker_threads(2)} CPU thread(s) per cell (this run: "
+            f"{other}); `--cpu-threads {worker_threads(2)}` uses them") in dry.stdout
+    # a third run with the stored thread count computes nothing
+    env["OMP_NUM_THREADS"] = str(worker_threads(2))
     again = subprocess.run(_sweep_cmd(path, results), env=env, capture_output=True, text=True, timeout=400)
     assert again.returncode == 0 and "8 stored, 0 failed before (retried), 0 damaged (recomputed), 0 to compute" \
         in again.stdout

@@ -21,7 +21,7 @@ from .. import identity as code_identity
 from ..files import file_sha256
 from .sweepfile import Arm, Sweep
 
-KEY_SCHEMA = 2           # bump when the identity's layout changes
+KEY_SCHEMA = 3           # bump when the identity's layout changes
 KEY_LENGTH = 20          # hex digits of sha256 kept as the cell key
 _BASE_LIBRARIES = ("torch", "transformers", "tokenizers", "lm_eval", "numpy")
 
@@ -113,7 +113,8 @@ def device_identity(device: str) -> dict:
 
 
 def cell_identity(*, arm: Arm, model_hash: str, recipe, bits: int | None, tasks: list[str], task_data: dict,
-                  limit: int | None, calibration: dict | None, eval_settings: dict, device: str, dtype: str) -> dict:
+                  limit: int | None, calibration: dict | None, eval_settings: dict, device: str, dtype: str,
+                  cpu_threads: int | None = None) -> dict:
     """What a cell's numbers depend on; its hash is the cell key (see the module docstring)."""
     resolved = None if recipe is None else recipe.to_dict()
     return {
@@ -127,12 +128,14 @@ def cell_identity(*, arm: Arm, model_hash: str, recipe, bits: int | None, tasks:
         "dtype": dtype,
         "versions": library_versions(recipe),
         "code": code_identity.cell_code_versions(resolved),
-        "runtime": code_identity.runtime_identity(device),
+        "runtime": code_identity.runtime_identity(device, cpu_threads),
     }
 
 
-def expand(sweep: Sweep) -> list[CellSpec]:
-    """The sweep's cells: each arm's baseline first, then grid order (points x arms)."""
+def expand(sweep: Sweep, cpu_threads: int | None = None) -> list[CellSpec]:
+    """The sweep's cells: each arm's baseline first, then grid order (points x arms). On CPU,
+    `cpu_threads` is the torch thread count each cell will compute with (run.cell_threads; default
+    this process's)."""
     from ..eval.tasks import task_fingerprint
     from ..model import checkpoint_hash
 
@@ -149,7 +152,7 @@ def expand(sweep: Sweep) -> list[CellSpec]:
         ident = cell_identity(arm=arm, model_hash=hashes[arm.name], recipe=recipe,
                               bits=None if point is None else point.bits, tasks=sweep.tasks, task_data=task_data,
                               limit=limit, calibration=calibration, eval_settings=sweep.eval, device=sweep.device,
-                              dtype=sweep.dtype)
+                              dtype=sweep.dtype, cpu_threads=cpu_threads)
         return CellSpec(key=key_of(ident), identity=ident, arm=arm.name, attention=arm.attention,
                         model_path=str(arm.path), recipe=recipe, entry="fp" if point is None else point.entry,
                         bits=None if point is None else point.bits, label="FP" if point is None else point.label,

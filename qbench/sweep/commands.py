@@ -3,6 +3,7 @@ damaged). Exit status: 0 every cell done, 1 some cells failed, 2 the sweep could
 sweep file or option, a full disk, corrupt cells found by --dry-run), 130 interrupted."""
 from __future__ import annotations
 
+import json
 import sys
 
 from ..cli import positive_float, positive_int
@@ -29,6 +30,10 @@ def register(subparsers) -> None:
                    help="the recipes' own calibration batches even on CPU (ignore the sweep file's cpu_calib)")
     p.add_argument("--workers", type=positive_int, default=1, metavar="N",
                    help="local worker processes over disjoint cells; on CUDA one per GPU (CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--cpu-threads", type=positive_int, default=None, metavar="N",
+                   help="on CPU, the torch threads each cell computes with, which its key holds (GPTQ's weights "
+                        "depend on it; default: this process's with one worker, the cores' share of each of "
+                        "--workers N, --cpus-per-cell under Ray)")
     p.add_argument("--workers-per-gpu", type=positive_int, default=1, metavar="K",
                    help="on CUDA, K local workers share each GPU (for small models; default 1)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
@@ -64,8 +69,28 @@ def _check_executor(args) -> None:
         raise SweepError("command line", ", ".join(given), "only with --executor ray")
 
 
+def _stored_for_other_threads(cells, p, store) -> dict[int, int]:
+    """Thread count -> how many of the cells to compute are stored, done, under that CPU thread
+    count and otherwise the same identity (a store made with another --workers)."""
+    def without_threads(ident: dict) -> str:
+        return json.dumps({**ident, "runtime": {k: v for k, v in ident["runtime"].items() if k != "cpu_threads"}},
+                          sort_keys=True, default=str)
+
+    missing = {without_threads(c.identity) for c in cells if p.state[c.key][0] == "missing"}
+    found: dict[int, int] = {}
+    if not missing:
+        return found
+    for record in store.records().values():
+        ident = record.get("identity")
+        if (record.get("status") == "done" and isinstance(ident, dict) and isinstance(ident.get("runtime"), dict)
+                and "cpu_threads" in ident["runtime"] and without_threads(ident) in missing):
+            t = ident["runtime"]["cpu_threads"]
+            found[t] = found.get(t, 0) + 1
+    return found
+
+
 def _executor(args, sweep, n_todo: int):
-    from .run import InProcess, Processes
+    from .run import InProcess, Processes, worker_threads
 
     if args.executor == "ray":
         if n_todo == 0:
@@ -75,13 +100,14 @@ def _executor(args, sweep, n_todo: int):
         return RayExecutor(sweep, address=args.address, ship=args.ray_ship or "path",
                            cpus_per_cell=args.cpus_per_cell or 1, cell_timeout=args.cell_timeout)
     if args.workers > 1 and n_todo > 1:
-        return Processes(min(args.workers, n_todo), sweep.device, sweep.dtype, log=print, per_gpu=args.workers_per_gpu)
+        return Processes(min(args.workers, n_todo), sweep.device, sweep.dtype, log=print, per_gpu=args.workers_per_gpu,
+                         threads=worker_threads(args.workers))   # the share the cells' keys hold
     return InProcess(sweep.dtype)
 
 
 def cmd_sweep(args) -> int:
     from .cells import expand, manifest
-    from .run import new_run_id, plan, run_cells, summary_text
+    from .run import cell_threads, new_run_id, plan, run_cells, summary_text
     from .store import Store
     from .sweepfile import load_sweep
 
@@ -90,7 +116,8 @@ def cmd_sweep(args) -> int:
     _check_executor(args)
     sweep = load_sweep(args.sweep_file, results_dir=args.results, device=args.device, limit=args.limit,
                        no_limit=args.no_limit, full_calib=args.full_calib, check_store=not args.dry_run)
-    cells = expand(sweep)
+    threads = cell_threads(sweep.device, args.executor, args.workers, args.cpus_per_cell, args.cpu_threads)
+    cells = expand(sweep, cpu_threads=threads)
     store = Store(sweep.results_dir)
     p = plan(cells, store)
     removed = store.clean_tmp() if not args.dry_run else 0
@@ -108,6 +135,9 @@ def cmd_sweep(args) -> int:
           + (f"; removed {removed} stray tmp files" if removed else ""))
     for c in corrupt:
         print(f"  damaged: {p.state[c.key][1]}")
+    for other, n in _stored_for_other_threads(cells, p, store).items():
+        print(f"  note: {n} of the cells to compute are stored for {other} CPU thread(s) per cell (this run: "
+              f"{threads}); `--cpu-threads {other}` uses them")
     if args.dry_run:
         names = {"done": "stored", "failed": "failed, retry", "corrupt": "DAMAGED, recompute", "missing": "to compute"}
         for c in cells:

@@ -2,9 +2,9 @@
 
 A cell is a pure function of its `CellSpec` (everything it depends on is in the spec and hashed
 into its key), so any executor (this process, worker processes, Ray tasks) can compute it; only
-the driver writes the store. The key does not hold the floating-point reduction order, which the
-number of CPU threads, the CPU's instruction set or the GPU can change; each record states the
-thread count and device it ran with.
+the driver writes the store. On CPU the key holds the torch thread count, which the cell sets
+before it computes (GPTQ's weights depend on it); it does not hold the CPU's instruction set or the
+GPU model's reduction order; each record states the thread count and device it ran with.
 
 Per process, each arm is loaded once (lazily: not at all when every cell is stored) and kept on
 the CPU as a master; each cell quantizes a copy on the cell's device. A cell that raises
@@ -184,6 +184,9 @@ def compute_cell(spec: CellSpec, source: ModelSource, run_id: str | None = None,
     console and stored (its tail) in the record's `log`."""
     import torch
 
+    threads = spec.identity["runtime"].get("cpu_threads")
+    if threads and spec.device == "cpu" and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)   # the count the cell's key holds (GPTQ's numbers depend on it)
     record = base_record(spec, run_id, attempt)
     record["started_at"] = now()
     t0, cpu0 = time.perf_counter(), time.process_time()

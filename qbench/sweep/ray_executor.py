@@ -156,7 +156,8 @@ def environment_mismatch(spec: CellSpec) -> str | None:
 
     ident = spec.identity
     here = {"versions": library_versions(spec.recipe), "code": code_identity.cell_code_versions(ident["recipe"]),
-            "runtime": code_identity.runtime_identity(spec.device), "device": device_identity(spec.device)}
+            "runtime": code_identity.runtime_identity(spec.device, ident["runtime"].get("cpu_threads")),
+            "device": device_identity(spec.device)}
     diffs = [f"{part}.{name}: driver {ident[part].get(name)!r}, worker {mine.get(name)!r}"
              for part, mine in here.items() for name in sorted(set(mine) | set(ident[part]))
              if mine.get(name) != ident[part].get(name)]

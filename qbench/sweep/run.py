@@ -97,11 +97,36 @@ def _set_pdeathsig():  # pragma: no cover - runs in the child
         pass
 
 
-def worker_devices(n: int, device: str, per_gpu: int = 1) -> list[dict]:
-    """Environment overrides of each of `n` worker processes: a share of the CPU cores each (so
-    that n processes' thread pools do not compete for all of them) and, on CUDA, a GPU each
-    (`per_gpu` workers share one: small models leave a GPU idle while lm-eval works on the CPU)."""
-    threads = str(max(1, (os.cpu_count() or 1) // n))
+def worker_threads(workers: int) -> int:
+    """CPU threads of each of `workers` local worker processes: an equal share of the cores."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def cell_threads(device: str, executor: str = "local", workers: int = 1, cpus_per_cell: float | None = None,
+                 asked: int | None = None):
+    """The torch thread count a CPU cell computes with, which its key holds (None on CUDA): `asked`
+    (--cpu-threads) if given, else this process's with one local worker, a worker's share with
+    several (also when fewer start because fewer cells are left: the key cannot depend on the
+    store), a Ray task's CPUs."""
+    if device != "cpu":
+        return None
+    if asked:
+        return asked
+    if executor == "ray":
+        return max(1, int(cpus_per_cell or 1))
+    if workers > 1:
+        return worker_threads(workers)
+    import torch
+
+    return torch.get_num_threads()
+
+
+def worker_devices(n: int, device: str, per_gpu: int = 1, threads: int | None = None) -> list[dict]:
+    """Environment overrides of each of `n` worker processes: a share of the CPU cores each
+    (`threads`, default worker_threads(n): so that n processes' thread pools do not compete for all
+    of them) and, on CUDA, a GPU each (`per_gpu` workers share one: small models leave a GPU idle
+    while lm-eval works on the CPU)."""
+    threads = str(threads or worker_threads(n))
     cpu_share = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     if device == "cuda":
         import torch
@@ -121,8 +146,8 @@ class Processes:
     its stdin and answers with one `@@result` JSON line; a worker that dies mid-cell yields a failed
     record for that cell and is replaced."""
 
-    def __init__(self, n: int, device: str, dtype: str, log, per_gpu: int = 1):
-        self.envs = worker_devices(n, device, per_gpu)
+    def __init__(self, n: int, device: str, dtype: str, log, per_gpu: int = 1, threads: int | None = None):
+        self.envs = worker_devices(n, device, per_gpu, threads)
         self.dtype, self.log = dtype, log
         self.slots = n
         self.run_id, self.attempt = "", {}

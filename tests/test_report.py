@@ -87,6 +87,9 @@ def _write(root):
 def test_paper_table_numbers_are_the_stored_ones(results):
     written = _write(results)
     assert sorted(written) == sorted(f"{t}.{e}" for t in ("paper", "deltas", "summary") for e in ("md", "tex", "csv"))
+    # each recipe's heading: its name, its weight method and its own description (what it quantizes)
+    headings = [line for line in written["paper.md"].read_text().splitlines() if line.startswith("## ")]
+    assert headings == ["## rtn (rtn): round to nearest", "## w4a8-rtn (act)"]
     rows = _rows(written["paper.csv"])
     store = Store(results)
     by = {(r["recipe"], r["bits"], r["task"], r["metric"]): r for r in rows}

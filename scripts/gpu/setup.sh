@@ -7,7 +7,7 @@ if [ ! -f /tmp/site/.done ]; then
     && touch /tmp/site/.done || exit 1
 fi
 # large inputs travel in parts, one .gpuN folder per call (carried: ignored by git)
-[ -d /tmp/qbdata/tasks ] || tar -xJf .gpu1/tasks.tar.xz -C /tmp/qbdata
+for t in .gpu*/tasks.tar.xz; do [ -d /tmp/qbdata/tasks ] || [ ! -f "$t" ] || tar -xJf "$t" -C /tmp/qbdata; done
 for f in .gpu*/gguf.part* .gpu*/train.txt.xz; do [ -f "$f" ] && cp "$f" /tmp/; done
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv
   python3 -c "import torch, triton, transformers, lm_eval; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'lm_eval', lm_eval.__version__)"

@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # Issue 19's two unmade measurements, for a stay of their own, in three calls made back to back:
-#   bash scripts/gpu/bench19.sh eval       carry .whl .ckpt .gpu19 (.gpu19: a copy of .gpu1/tasks.tar.xz
-#                                          alone): the scorer vs HFLM at 1.8B, every example, quiet GPU
+#   bash scripts/gpu/bench19.sh eval       carry .whl .ckpt .gpu19 (stage.sh: the task data alone):
+#                                          the scorer vs HFLM at 1.8B, every example, quiet GPU
 #   bash scripts/gpu/bench19.sh grid 500   carry .whl-bnb: bitsandbytes, then the paper grid on a random
 #                                          1.8B pair (paper-1.8b.yaml) started with setsid (it outlives
 #                                          the call), followed for 500 s
 #   bash scripts/gpu/bench19.sh follow 500 (no carry) waits on, then brings back its log (with `time`)
 #                                          and store
 source scripts/gpu/env.sh
-export PYTHONPATH=/tmp/site-bnb:$PYTHONPATH
 mode=${1:-eval}
 if [ "$mode" = eval ]; then
   bash scripts/gpu/setup.sh || exit 1
@@ -18,9 +17,9 @@ if [ "$mode" = eval ]; then
   exit 0
 fi
 if [ "$mode" = grid ]; then
-  [ -d .whl-bnb ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-bnb .whl-bnb/*.whl
+  bash scripts/gpu/setup.sh > /dev/null || exit 1   # installs the carried bitsandbytes
   mkdir -p /tmp/b19
-  setsid nohup bash -c "source scripts/gpu/env.sh; export PYTHONPATH=/tmp/site-bnb:\$PYTHONPATH
+  setsid nohup bash -c "source scripts/gpu/env.sh
     stamp 'random 1.8B pair'; qb bench model --size 1.8B --dtype bfloat16 --repeats 1 --save /tmp/pair-1.8b
     stamp grid; time qb sweep scripts/gpu/paper-1.8b.yaml --results /tmp/b19/results --no-progress
     stamp 'grid done'" > /tmp/b19/grid.log 2>&1 < /dev/null &

@@ -2,8 +2,7 @@
 # Call 4 (carry .whl-bnb): bitsandbytes, its GPU tests; then the retrofit pipeline is followed until
 # FOLLOW seconds have passed, and what exists is packed (collect.sh).
 source scripts/gpu/env.sh
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-bnb .whl-bnb/*.whl
-export PYTHONPATH=/tmp/site-bnb:$PYTHONPATH
+bash scripts/gpu/setup.sh > /dev/null || exit 1
 stamp "GPU tests of bitsandbytes"
 timeout 120 python3 -m pytest -p no:cacheprovider -m gpu -n 4 -rfs --tb=short -k bnb tests/test_quant_gpu.py > "$OUT/gpu-tests-bnb.txt" 2>&1
 echo "pytest exit $?"; tail -3 "$OUT/gpu-tests-bnb.txt" | cut -c1-250

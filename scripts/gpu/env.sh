@@ -1,9 +1,10 @@
 # Sourced by every script of a GPU stay (the device tool runs them from the repository root;
-# $OUT comes back). Wheels carried in .whl/ are installed once per machine into /tmp/site; task
+# $OUT comes back). Wheels carried in .whl/ (.whl-bnb/) are installed once per machine into /tmp/site
+# (/tmp/site-bnb) by setup.sh; task
 # data, the bundled pair and large inputs are kept under /tmp between the calls of one stay.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 QBENCH_DATA=/tmp/qbdata HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-export PYTHONPATH=/tmp/site:$PWD
+export PYTHONPATH=/tmp/site-bnb:/tmp/site:$PWD
 export OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/qbdata
 qb() { python3 -m qbench.cli "$@"; }

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# First call of a stay: carried wheels into /tmp/site, task data into /tmp/qbdata, an environment report.
+# Every call of a stay: carried wheels into /tmp/site (and bitsandbytes, .whl-bnb, into /tmp/site-bnb:
+# it travels in a call of its own), task data into /tmp/qbdata, an environment report; each once.
 source scripts/gpu/env.sh
 stamp setup
 if [ ! -f /tmp/site/.done ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && touch /tmp/site/.done || exit 1
+fi
+if [ -d .whl-bnb ] && [ ! -f /tmp/site-bnb/.done ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-bnb .whl-bnb/*.whl \
+    && touch /tmp/site-bnb/.done || exit 1
 fi
 # large inputs travel in parts, one .gpuN folder per call (carried: ignored by git)
 for t in .gpu*/tasks.tar.xz; do [ -d /tmp/qbdata/tasks ] || [ ! -f "$t" ] || tar -xJf "$t" -C /tmp/qbdata; done

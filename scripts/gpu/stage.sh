@@ -8,6 +8,7 @@
 #           .gpu1  task data (tasks.tar.xz) + GGUF part 0 (what room is left)
 #   call 2: .gpu2  GGUF part 1 (a whole transfer)
 #   call 3: .gpu3  GGUF part 2 + the corpus (train.txt.xz)
+#   .gpu19         the task data alone (bench19.sh's first call, with .whl and .ckpt)
 # bitsandbytes (43 MB) does not fit next to these; WITH_BNB=1 puts it into .whl-bnb for a call of its own.
 # Needs: .venv (scripts/setup.sh), prepared task data and `qbench data models smollm2-135m` in
 # QBENCH_DATA, and `qbench data corpus` output in CORPUS (default DATA/corpus).
@@ -20,7 +21,7 @@ GGUF=$DATA/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf
 TREE=$(git ls-files -z | grep -zv '^results/\|^qbench/checkpoints/' | xargs -0 stat -c %s | awk '{s += $1} END {print s}')
 LIMIT=$((64 * 1024 * 1024 - TREE - 500000))   # bytes per call beyond the working tree (results/, checkpoints moved out)
 for f in "$DATA/tasks" "$GGUF" "$CORPUS/train.txt"; do [ -e "$f" ] || { echo "stage.sh: missing $f" >&2; exit 2; }; done
-rm -rf .whl .gpu1 .gpu2 .gpu3 .ckpt && mkdir -p .whl .gpu1 .gpu2 .gpu3 .ckpt
+rm -rf .whl .gpu1 .gpu2 .gpu3 .gpu19 .ckpt && mkdir -p .whl .gpu1 .gpu2 .gpu3 .gpu19 .ckpt
 py312() { "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
             --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
             --platform manylinux2014_x86_64 -d "$1" "${@:2}"; }
@@ -30,7 +31,7 @@ py312 .whl lm_eval==0.4.13 datasets==5.2.0 evaluate==0.4.6 dill==0.4.1 multiproc
   termcolor==3.3.0 optimum-quanto==0.2.7 gguf==0.19.0 torchao==0.18.0 pytest-xdist==3.8.0 execnet==2.1.2
 "$PY" -m pip wheel -q --no-deps -w .whl sqlitedict==2.1.0 word2number==1.1 hqq==0.2.8.post1 rouge-score==0.1.2
 if [ "${WITH_BNB:-0}" = 1 ]; then mkdir -p .whl-bnb && py312 .whl-bnb bitsandbytes==0.50.2; fi
-tar -cJf .gpu1/tasks.tar.xz -C "$DATA" tasks
+tar -cJf .gpu1/tasks.tar.xz -C "$DATA" tasks && cp .gpu1/tasks.tar.xz .gpu19/
 cp -r qbench/checkpoints/tiny .ckpt/
 bytes() { find "$@" -type f -printf '%s\n' | awk '{s += $1} END {print s}'; }   # what the transfer counts
 PART0=$((LIMIT - $(bytes .whl .ckpt .gpu1)))

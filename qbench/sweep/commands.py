@@ -69,16 +69,17 @@ def _check_executor(args) -> None:
         raise SweepError("command line", ", ".join(given), "only with --executor ray")
 
 
-def _stored_for_other_threads(cells, p, store) -> dict[int, int]:
+def _stored_for_other_threads(cells, p, store, threads: int | None) -> dict[int, int]:
     """Thread count -> how many of the cells to compute are stored, done, under that CPU thread
-    count and otherwise the same identity (a store made with another --workers)."""
+    count and otherwise the same identity (a store made with another --workers). Nothing on CUDA,
+    whose keys hold no thread count (the store is then not read a second time)."""
     def without_threads(ident: dict) -> str:
         return json.dumps({**ident, "runtime": {k: v for k, v in ident["runtime"].items() if k != "cpu_threads"}},
                           sort_keys=True, default=str)
 
     missing = {without_threads(c.identity) for c in cells if p.state[c.key][0] == "missing"}
     found: dict[int, int] = {}
-    if not missing:
+    if threads is None or not missing:
         return found
     for record in store.records().values():
         ident = record.get("identity")
@@ -135,7 +136,7 @@ def cmd_sweep(args) -> int:
           + (f"; removed {removed} stray tmp files" if removed else ""))
     for c in corrupt:
         print(f"  damaged: {p.state[c.key][1]}")
-    for other, n in _stored_for_other_threads(cells, p, store).items():
+    for other, n in _stored_for_other_threads(cells, p, store, threads).items():
         print(f"  note: {n} of the cells to compute are stored for {other} CPU thread(s) per cell (this run: "
               f"{threads}); `--cpu-threads {other}` uses them")
     if args.dry_run:

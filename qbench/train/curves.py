@@ -45,11 +45,12 @@ def read_log(folder: Path) -> dict[str, list[float]]:
     missing = [c for c in ("step", "tokens", "loss", "lr") if c not in header]
     if missing:
         raise CurveError(f"{path}: no column {', '.join(missing)} (header: {', '.join(header)})")
-    columns = {c: [] for c in ("step", "tokens", "loss", "lr")}
+    where = {c: header.index(c) for c in ("step", "tokens", "loss", "lr")}
+    columns = {c: [] for c in where}
     for n, row in enumerate(data, start=2):
-        for c in columns:
+        for c, i in where.items():
             try:
-                columns[c].append(float(row[header.index(c)]))
+                columns[c].append(float(row[i]))
             except (ValueError, IndexError):
                 raise CurveError(f"{path}: row {n}, field {c}: not a number ({row!r})") from None
     if not columns["step"]:

@@ -46,7 +46,7 @@ COMMON = {
     "attention": Area("3", ("attention/__init__.py", "attention/kinds.py", "attention/reference.py",
                             "attention/triton_softpick.py"),
                       "attention dispatch, the registry of kinds, reference normalisers and the softpick kernel"),
-    "scorer": Area("4", ("eval/adapter.py", "eval/runner.py", "eval/metrics.py", "eval/items.py", "eval/bootstrap.py"),
+    "scorer": Area("5", ("eval/adapter.py", "eval/runner.py", "eval/metrics.py", "eval/items.py", "eval/bootstrap.py"),
                    "lm-eval integration, the fast scorer, per-item results and the stderr bootstrap"),
     "cell": Area("3", ("sweep/compute.py",), "one cell's computation: copy, quantize, evaluate (with per-item results)"),
 }

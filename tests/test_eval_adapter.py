@@ -91,18 +91,38 @@ def _check(ref_ll, ref_roll, got_ll, got_roll):
         assert abs(a - b) <= TOL + RTOL_ROLLING * abs(b), (a, b)
 
 
-@pytest.mark.parametrize("max_batch_tokens,batch_size,gather", [
-    (1, None, True), (150, None, True), (100_000, 3, True), (100_000, None, True), (150, None, False)])
-def test_matches_hflm_at_any_batching(model_and_tokenizer, reference, max_batch_tokens, batch_size, gather):
+@pytest.mark.parametrize("max_batch_tokens,batch_size,gather,share", [
+    (1, None, True, True), (150, None, True, True), (100_000, 3, True, True), (100_000, None, True, True),
+    (150, None, False, True), (150, None, True, False)])
+def test_matches_hflm_at_any_batching(model_and_tokenizer, reference, max_batch_tokens, batch_size, gather, share):
     model, tok = model_and_tokenizer
     _, ref_ll, ref_roll = reference
     lm = QBenchLM(pretrained=model, tokenizer=tok, max_batch_tokens=max_batch_tokens, batch_size=batch_size,
-                  gather_in_head=gather)
+                  gather_in_head=gather, share_contexts=share)
     ll, rolling = _requests()
     _check(ref_ll, ref_roll, lm.loglikelihood(ll), lm.loglikelihood_rolling(rolling))
     assert lm._gather_in_head == gather   # the output layer ran on the scored positions only (or not asked to)
+    # qbench's models run each context's answer choices as one row (transformers' models: plain rows)
+    assert (lm.stats["shared_context_rows"] > 0) == (share and hasattr(model.config, "attention_kind"))
     # duplicates and one-token continuations that share a context are not run twice
     assert lm.stats["forward_rows"] < lm.stats["requests"]
+
+
+def test_no_shared_rows_under_attention_quantizers(model_and_tokenizer, reference):
+    """A KV-cache quantizer groups keys along the sequence: in a shared row one answer's keys would
+    change another's quantization, so such a model scores plain rows (and still matches itself)."""
+    model, tok = model_and_tokenizer
+    if not hasattr(model.config, "attention_kind"):
+        pytest.skip("transformers' models never share rows")
+    attn = next(m for m in model.modules() if hasattr(m, "attn_quant"))
+    attn.attn_quant = type("Identity", (), {"k": None, "v": None, "needs_maps": False})()
+    try:
+        lm = QBenchLM(pretrained=model, tokenizer=tok, max_batch_tokens=150)
+        ll, rolling = _requests()
+        _check(*reference[1:], lm.loglikelihood(ll), lm.loglikelihood_rolling(rolling))
+        assert lm.stats["shared_context_rows"] == 0
+    finally:
+        attn.attn_quant = None
 
 
 def test_tokenization_is_hflms(model_and_tokenizer, reference):

@@ -55,6 +55,9 @@ class AttentionKind:
     description: str
     attn_impl: str | None = None
     fast: Callable | None = None
+    # False: the fast path runs plain causal attention only (a visibility mask falls back to the
+    # materialized reference, much slower on a GPU)
+    fast_takes_masks: bool = True
 
 
 KINDS: dict[str, AttentionKind] = {}
@@ -158,7 +161,7 @@ register(AttentionKind("softmax", reference.softmax, "softmax(x)_i = e^{x_i} / s
                        attn_impl="parallel_attn", fast=_sdpa_softmax))
 register(AttentionKind("softpick", reference.softpick,
                        "softpick(x)_i = relu(e^{x_i} - 1) / (sum_j |e^{x_j} - 1| + 1e-6) (arXiv 2504.20966)",
-                       attn_impl="parallel_softpick_attn", fast=_triton_softpick))
+                       attn_impl="parallel_softpick_attn", fast=_triton_softpick, fast_takes_masks=False))
 register(AttentionKind("softmax1", reference.softmax1, "softmax+1 (off by one): e^{x_i} / (1 + sum_j e^{x_j})",
                        attn_impl="parallel_softmax_plus_one_attn"))
 register(AttentionKind("rectified", reference.rectified,

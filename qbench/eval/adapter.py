@@ -11,6 +11,9 @@ how the token requests are run:
   the left to max_length + 1, minus the last token); inputs that are a prefix of another input
   are not run at all (a causal model's logits at those positions are the same), which covers
   HFLM's one-token "logits cache" and more;
+* the answer choices of one context (multiple choice) run as one row where the model takes a
+  visibility mask (qbench's models; not under attention-side quantizers): the context once, then
+  each continuation, each seeing the context and itself at HFLM's positions (`_plan_rows`);
 * the distinct inputs are sorted by length and packed into right-padded batches under a token
   budget (rows x padded length <= max_batch_tokens), no attention mask (as HFLM);
 * the output layer runs only on the scored (continuation) positions: a forward pre-hook on
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -35,6 +39,13 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
 
 from .errors import TokenizerError
+
+
+class _Row(NamedTuple):
+    """One forward row: its tokens; for a shared-context row also position ids and segment ids."""
+    tokens: tuple
+    positions: list | None
+    segments: list | None
 
 
 class _NoGather(Exception):
@@ -65,11 +76,14 @@ class QBenchLM(HFLM):
     batch_size: at most this many rows per forward (None: only the token budget limits); also the
         batch size of generate_until.
     gather_in_head: run the output layer on the scored positions only (see the module docstring).
+    share_contexts: run the answer choices of one context as one shared-context row where the
+        model allows it (see `shares_contexts`, `_plan_rows`).
     """
 
     def __init__(self, pretrained, tokenizer=None, max_batch_tokens: int | None = None,
                  batch_size: int | str | None = None, max_length: int | None = None,
-                 device: str | None = None, gather_in_head: bool = True, **kwargs):
+                 device: str | None = None, gather_in_head: bool = True, share_contexts: bool = True,
+                 **kwargs):
         if tokenizer is not None and not isinstance(tokenizer, str):
             check_tokenizer(tokenizer)
         if isinstance(batch_size, str) and batch_size.isdigit():
@@ -89,7 +103,9 @@ class QBenchLM(HFLM):
         self._takes_logits_to_keep = "logits_to_keep" in params
         self._gather_in_head = gather_in_head and callable(getattr(self.model, "get_output_embeddings", None)) \
             and self.model.get_output_embeddings() is not None
-        self.stats = {"requests": 0, "forward_rows": 0, "forwards": 0, "padded_tokens": 0, "real_tokens": 0}
+        self._share_contexts = None if share_contexts else False
+        self.stats = {"requests": 0, "forward_rows": 0, "forwards": 0, "padded_tokens": 0, "real_tokens": 0,
+                      "shared_context_rows": 0}
 
     # ------------------------------------------------------------------ info (no hub look-ups)
     def get_model_info(self) -> dict:
@@ -197,80 +213,74 @@ class QBenchLM(HFLM):
         if n == 0:
             return []
         L = self.max_length
-        seq_index: dict[tuple, int] = {}
-        seqs: list[tuple] = []
-        req_seq = np.empty(n, dtype=np.int64)
-        req_end = np.empty(n, dtype=np.int64)     # input length = one past the last scored position
-        req_len = np.empty(n, dtype=np.int64)     # continuation length
-        conts = []
-        for i, (_, ctx, cont) in enumerate(requests):
+        for _, ctx, cont in requests:
             if not ctx or not cont:
                 raise ValueError("a loglikelihood request has an empty context or continuation encoding")
             if len(cont) > L:
                 raise ValueError(f"continuation of {len(cont)} tokens is longer than max_length {L}")
-            full = ctx + cont
-            inp = tuple(full[-(L + 1):][:-1])
-            j = seq_index.get(inp)
-            if j is None:
-                j = seq_index[inp] = len(seqs)
-                seqs.append(inp)
-            req_seq[i], req_end[i], req_len[i] = j, len(inp), len(cont)
-            conts.append(cont)
         self.stats["requests"] += n
-
-        # inputs that are a prefix of another input are read from the longer one's forward
-        owner = list(range(len(seqs)))
-        order = sorted(range(len(seqs)), key=seqs.__getitem__)
-        for a, b in zip(reversed(order[:-1]), reversed(order[1:])):
-            sa, sb = seqs[a], seqs[b]
-            if len(sa) <= len(sb) and sb[:len(sa)] == sa:
-                owner[a] = owner[b]
-        req_row = np.array([owner[j] for j in req_seq], dtype=np.int64)
-        rows = sorted(set(req_row.tolist()), key=lambda r: -len(seqs[r]))
+        rows, req_row, req_pos = self._plan_rows(requests)
+        conts = [cont for _, _, cont in requests]
         by_row: dict[int, list[int]] = {}
-        for i, r in enumerate(req_row.tolist()):
+        for i, r in enumerate(req_row):
             by_row.setdefault(r, []).append(i)
 
-        # pack rows (longest first) under the token budget
-        batches, cur = [], []
-        for r in rows:
-            width = len(seqs[cur[0]]) if cur else len(seqs[r])
-            if cur and ((len(cur) + 1) * width > self.max_batch_tokens
-                        or (self.max_rows and len(cur) >= self.max_rows)):
+        # pack rows (longest first) under the token budget; shared-context rows (with their mask)
+        # and plain rows in batches of their own, so that plain batches stay mask-free
+        batches = []
+        for tree in (False, True):
+            cur = []
+            for r in sorted((r for r in by_row if (rows[r].segments is not None) == tree),
+                            key=lambda r: -len(rows[r].tokens)):
+                width = len(rows[cur[0]].tokens) if cur else len(rows[r].tokens)
+                if cur and ((len(cur) + 1) * width > self.max_batch_tokens
+                            or (self.max_rows and len(cur) >= self.max_rows)):
+                    batches.append(cur)
+                    cur = []
+                cur.append(r)
+            if cur:
                 batches.append(cur)
-                cur = []
-            cur.append(r)
-        if cur:
-            batches.append(cur)
 
         device = self.device
         token_ll, token_who = [], []   # per scored token, summed per request at the end (deterministically)
         miss_out = torch.zeros(n, dtype=torch.int64, device=device)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for batch in batches:
-            T = len(seqs[batch[0]])
+            T = len(rows[batch[0]].tokens)
+            tree = rows[batch[0]].segments is not None
             ids = np.full((len(batch), T), pad_id, dtype=np.int64)
+            pos = np.zeros((len(batch), T), dtype=np.int64) if tree else None
+            seg = np.full((len(batch), T), -1, dtype=np.int64) if tree else None   # -1: padding
             b_idx, t_idx, tgt, who = [], [], [], []
             for b, r in enumerate(batch):
-                s = seqs[r]
-                ids[b, :len(s)] = s
+                row = rows[r]
+                ids[b, :len(row.tokens)] = row.tokens
+                if tree:
+                    pos[b, :len(row.tokens)] = row.positions
+                    seg[b, :len(row.tokens)] = row.segments
+                    pos[b, len(row.tokens):] = np.arange(T - len(row.tokens))
                 for i in by_row[r]:
-                    e, c = int(req_end[i]), int(req_len[i])
-                    b_idx.extend([b] * c)
-                    t_idx.extend(range(e - c, e))
+                    b_idx.extend([b] * len(conts[i]))
+                    t_idx.extend(req_pos[i])
                     tgt.extend(conts[i])
-                    who.extend([i] * c)
+                    who.extend([i] * len(conts[i]))
             self.stats["forwards"] += 1
             self.stats["forward_rows"] += len(batch)
             self.stats["padded_tokens"] += len(batch) * T
-            self.stats["real_tokens"] += sum(len(seqs[r]) for r in batch)
-            idx = torch.from_numpy(np.array([b_idx, t_idx, tgt, who], dtype=np.int64))
-            ids_t = torch.from_numpy(ids)
+            self.stats["real_tokens"] += sum(len(rows[r].tokens) for r in batch)
+            host = [np.array([b_idx, t_idx, tgt, who], dtype=np.int64), ids] + ([pos, seg] if tree else [])
+            host = [torch.from_numpy(a) for a in host]
             if device.type == "cuda":
-                idx, ids_t = idx.pin_memory(), ids_t.pin_memory()
-            idx = idx.to(device, non_blocking=True)
-            ids_t = ids_t.to(device, non_blocking=True)
-            logits = self._scored_logits(ids_t, idx[0], idx[1], min(t_idx))   # [N, V]
+                host = [t.pin_memory() for t in host]
+            idx, ids_t, *extra = [t.to(device, non_blocking=True) for t in host]
+            inputs = {}
+            if tree:
+                pos_t, seg_t = extra
+                causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+                # a token sees the shared context (segment 0) and the earlier tokens of its own segment
+                same = (seg_t[:, None, :] == 0) | (seg_t[:, None, :] == seg_t[:, :, None])
+                inputs = {"attention_mask": (causal & same)[:, None], "position_ids": pos_t}
+            logits = self._scored_logits(ids_t, idx[0], idx[1], min(t_idx), **inputs)   # [N, V]
             token_ll.append(self._accumulate(logits, idx[2], idx[3], miss_out, greedy))
             token_who.append(idx[3])
             del logits
@@ -281,8 +291,99 @@ class QBenchLM(HFLM):
         miss = miss_out.cpu().tolist()
         return [(float(a), greedy and m == 0) for a, m in zip(ll, miss)]
 
+    def shares_contexts(self) -> bool:
+        """Whether requests with one context run as one shared-context row: the model takes a 4D
+        visibility mask with position ids (qbench's own models say so), its attention kind keeps its
+        fast path under a mask on this device (softpick's Triton kernel is causal-only: on CUDA its
+        rows stay plain), and no attention-side quantizer acts (a KV-cache quantizer groups tokens
+        along the sequence: in a shared row, one answer's keys would change another's quantization)."""
+        if self._share_contexts is None:
+            from ..attention import get
+
+            model = self.model
+            kind = getattr(getattr(model, "config", None), "attention_kind", None)
+            self._share_contexts = bool(
+                getattr(model, "accepts_segment_masks", False) and kind is not None
+                and (get(kind).fast_takes_masks or self.device.type != "cuda")
+                and not any(getattr(m, "attn_quant", None) is not None for m in model.modules()))
+        return self._share_contexts
+
+    def _plan_rows(self, requests):
+        """The forward rows: (rows, req_row, req_pos) with req_pos[i] the row positions whose logits
+        score request i's continuation tokens.
+
+        A plain row is HFLM's input: (context + continuation) truncated on the left to max_length + 1,
+        minus the last token; an input that is a prefix of another is read from the longer row.
+        With shares_contexts(), the requests of one context (the answer choices of a multiple-choice
+        question), when none is truncated, become one row instead: the context once, then each
+        distinct continuation but its last token, with position ids restarting after the context
+        and a mask under which a continuation sees the context and itself only (segment ids: 0 for
+        the context, k for the k-th continuation); a row holds at most max_length tokens (more
+        continuations start another row) and one-token contexts are not shared (nothing to save).
+        Each token then sees exactly the tokens, at
+        exactly the positions, it sees in HFLM's row: the same logits up to rounding."""
+        L = self.max_length
+        rows: list[_Row] = []
+        req_row = [0] * len(requests)
+        req_pos: list = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        if self.shares_contexts():
+            for i, (_, ctx, cont) in enumerate(requests):
+                if len(ctx) > 1 and len(ctx) + len(cont) <= L + 1:
+                    groups.setdefault(tuple(ctx), []).append(i)
+            groups = {c: idx for c, idx in groups.items() if len(idx) > 1}
+        for ctx, idx in groups.items():
+            c = len(ctx)
+            row = None
+            for i in idx:
+                cont = tuple(requests[i][2])
+                if row is None or (cont not in row[3] and len(row[0]) + len(cont) - 1 > L):
+                    row = ([*ctx], [*range(c)], [0] * c, {})   # tokens, positions, segments, starts
+                    rows.append(row)
+                tokens, positions, segments, start = row
+                if cont not in start:
+                    start[cont] = len(tokens)
+                    tokens.extend(cont[:-1])
+                    positions.extend(range(c, c + len(cont) - 1))
+                    segments.extend([len(start)] * (len(cont) - 1))
+                req_row[i] = len(rows) - 1
+                req_pos[i] = [c - 1] + list(range(start[cont], start[cont] + len(cont) - 1))
+        rows = [_Row(tuple(t), p, s) for t, p, s, _ in rows]
+        self.stats["shared_context_rows"] += len(rows)
+
+        grouped = {i for idx in groups.values() for i in idx}
+        seq_index: dict[tuple, int] = {}
+        seqs: list[tuple] = []
+        plain = [i for i in range(len(requests)) if i not in grouped]
+        req_seq = {}
+        for i in plain:
+            _, ctx, cont = requests[i]
+            inp = tuple((ctx + cont)[-(L + 1):][:-1])
+            j = seq_index.get(inp)
+            if j is None:
+                j = seq_index[inp] = len(seqs)
+                seqs.append(inp)
+            req_seq[i] = j
+        # inputs that are a prefix of another input are read from the longer one's forward
+        owner = list(range(len(seqs)))
+        order = sorted(range(len(seqs)), key=seqs.__getitem__)
+        for a, b in zip(reversed(order[:-1]), reversed(order[1:])):
+            sa, sb = seqs[a], seqs[b]
+            if len(sa) <= len(sb) and sb[:len(sa)] == sa:
+                owner[a] = owner[b]
+        row_of: dict[int, int] = {}
+        for i in plain:
+            o = owner[req_seq[i]]
+            if o not in row_of:
+                row_of[o] = len(rows)
+                rows.append(_Row(seqs[o], None, None))
+            e, c = len(seqs[req_seq[i]]), len(requests[i][2])
+            req_row[i] = row_of[o]
+            req_pos[i] = list(range(e - c, e))
+        return rows, req_row, req_pos
+
     def _scored_logits(self, input_ids: torch.Tensor, b_idx: torch.Tensor, t_idx: torch.Tensor,
-                       first: int) -> torch.Tensor:
+                       first: int, **inputs) -> torch.Tensor:
         """Logits [N, V] at positions (b_idx, t_idx) of the batch.
 
         The output layer is run only on those positions: a forward pre-hook on
@@ -300,7 +401,7 @@ class QBenchLM(HFLM):
 
             handle = head.register_forward_pre_hook(gather, with_kwargs=True)
             try:
-                logits = self._call(input_ids)
+                logits = self._call(input_ids, **inputs)
             except _NoGather:
                 logits = None
             finally:
@@ -312,7 +413,7 @@ class QBenchLM(HFLM):
         T = input_ids.shape[1]
         if self._takes_logits_to_keep and first > 0:
             kwargs["logits_to_keep"] = T - first
-        logits = self._call(input_ids, **kwargs)
+        logits = self._call(input_ids, **inputs, **kwargs)
         return logits[b_idx, t_idx - (T - logits.shape[1])]
 
     def _call(self, input_ids: torch.Tensor, **extra) -> torch.Tensor:

@@ -56,8 +56,10 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(b, t, -1, d).transpose(1, 2)
         v = self.v_proj(x).view(b, t, -1, d).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out, weights = attend(q, k, v, self.config.attention_kind, key_mask, need_weights,
-                              self.attn_quant, observe=self.attn_observer)
+        # key_mask: [B, T] (1 = token) or a [B, 1, T, T] visibility mask (True = visible)
+        masks = {"mask": key_mask} if key_mask is not None and key_mask.dim() == 4 else {"key_mask": key_mask}
+        out, weights = attend(q, k, v, self.config.attention_kind, need_weights=need_weights,
+                              quant=self.attn_quant, observe=self.attn_observer, **masks)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), weights
 
 
@@ -87,6 +89,9 @@ class Block(nn.Module):
 
 
 class QBenchPreTrainedModel(PreTrainedModel):
+    # forward's attention_mask may be a [B, 1, T, T] visibility mask, with position_ids [B, T]:
+    # the scorer's shared-context rows (qbench.eval.adapter) rely on it
+    accepts_segment_masks = True
     config_class = QBenchConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = False

@@ -75,6 +75,8 @@ def test_paper_scale_tiny_runs_every_step(tmp_path):
     assert any("tma" in r["config"] for r in k["candidates"])
     assert results["gptq"]["layers_quantized"] == 14 and results["gptq"]["extrapolated"] > 0
     assert results["eval"]["max_metric_difference"] < 1e-4
+    assert set(results["eval"]["answer_flips_vs_hf"].values()) == {0}   # float32: the same answers as HFLM
+    assert results["eval"]["scorer_stats"]["shared_context_rows"] > 0
     assert set(results["cell"]["timing"]) == {"load", "copy", "calibration_batch", "quantize", "evaluate"}
     md = (tmp_path / "paper-scale.md").read_text()
     assert "| kernel fwd, table, ours/SDPA-default" in md and "GPTQ 4-bit tiny" in md

@@ -240,7 +240,8 @@ def step_eval(setup: Setup, res: dict) -> None:
                    device=setup.device, dtype=setup.model_dtype, out=setup.out / "paper-scale-eval.json",
                    log=lambda *a: log("  ", *a))
     res.update({k: r[k] for k in ("seconds", "speedup", "scoring_seconds", "scoring_speedup", "max_metric_difference",
-                                  "n_samples", "limit", "scorer_stats", "dtype")}, size=setup.eval_size)
+                                  "n_samples", "limit", "scorer_stats", "dtype", "shared_rows_speedup",
+                                  "answer_flips_vs_hf")}, size=setup.eval_size)
 
 
 # ----------------------------------------------------------------------------- one cell
@@ -336,7 +337,12 @@ def summary_rows(results: dict) -> list[tuple[str, str, str]]:
         rows.append((f"scorer vs HFLM at {size}, end to end / in the scorer (limit {e['limit'] or 'none'}, {e['dtype']})",
                      f"{e['speedup']:.2f}x / {e['scoring_speedup']:.2f}x ({e['seconds']['qbench']:.1f} vs "
                      f"{e['seconds']['hf']:.1f} s)", f">= {EVAL_GOALS.get(size, 6.0):g}x at {size}, all examples"))
-        rows.append(("scorer vs HFLM, largest metric difference", f"{e['max_metric_difference']:.2g}", "-"))
+        rows.append(("scorer vs HFLM, largest metric difference; items whose answer differs",
+                     f"{e['max_metric_difference']:.2g}; " + ", ".join(f"{n} {k}" for n, k in e["answer_flips_vs_hf"].items()),
+                     "-"))
+        rows.append(("our scorer, shared-context rows vs plain rows (end to end)",
+                     f"{e['shared_rows_speedup']:.2f}x ({e['seconds']['qbench_plain_rows']:.1f} vs "
+                     f"{e['seconds']['qbench']:.1f} s)", "-"))
     c = results.get("cell")
     if isinstance(c, dict) and "timing" in c:
         rows.append((f"one cell {c['size']} {c['recipe']}, limit {c['limit']}",

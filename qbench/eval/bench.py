@@ -3,8 +3,10 @@
 Both run through the same `evaluate()` (same task YAMLs, same simple_evaluate settings,
 bootstrap_iters=0 so that no bootstrap is timed); after a short warm-up of each (datasets
 cached, CUDA initialised), each is timed once. Prints both times (end to end, and inside the
-scorer's loglikelihood / loglikelihood_rolling calls), their ratios, and the largest metric
-difference (absolute for accuracies, relative for perplexities).
+scorer's loglikelihood / loglikelihood_rolling calls), their ratios, the largest metric
+difference (absolute for accuracies, relative for perplexities) and per task how many items'
+answers differ from HFLM's; our scorer also runs once with plain rows only (no shared-context
+rows), timed, to show what sharing the multiple-choice contexts gains.
 
 `qbench bench eval --batch-check`: the scorer's noise floor. One model scored twice by our scorer
 with two batch settings (default: a 4096-token budget with any number of rows, and 512 tokens with
@@ -64,7 +66,7 @@ def bench_eval(model_path=None, tasks="paper", limit=None, device=None, dtype="f
                batch_size=None, max_batch_tokens=None, out=None, log=print) -> dict:
     import torch
 
-    from .runner import evaluate
+    from .runner import run_lm_eval, to_metrics
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model_path = model_path or paths.BUNDLED_SOFTMAX
@@ -72,30 +74,40 @@ def bench_eval(model_path=None, tasks="paper", limit=None, device=None, dtype="f
     params = sum(p.numel() for p in model.parameters())
     log(f"model {model_path} ({params / 1e6:.1f}M parameters, {dtype}) on {device}; tasks {tasks}, limit {limit}")
 
-    def run(scorer, lim):
+    def run(scorer, lim, share=True):
+        """(metrics, details, seconds end to end, answers per task: taken after the timing)"""
         kw = dict(batch_size=hf_batch_size) if scorer == "hf" else dict(batch_size=batch_size,
                                                                           max_batch_tokens=max_batch_tokens)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        metrics, details = evaluate(model, tokenizer, tasks=tasks, limit=lim, scorer=scorer, bootstrap_iters=0,
-                                    return_details=True, **kw)
+        r = run_lm_eval(model, tokenizer, tasks=tasks, limit=lim, scorer=scorer, bootstrap_iters=0,
+                        share_contexts=share, **kw)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        return metrics, details, time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        details = {"scoring_seconds": r["timing"]["scoring"], "scorer_stats": dict(getattr(r["lm"], "stats", {})),
+                   "tasks": r["names"], "n_samples": r["results"].get("n-samples")}
+        return to_metrics(r["results"]), details, seconds, {n: answers(r["tasks"][n]) for n in r["names"]}
 
     for scorer in ("qbench", "hf"):   # warm-up: datasets into the cache, CUDA/kernels initialised
         run(scorer, 2)
-    ours, ours_details, t_ours = run("qbench", limit)
+    ours, ours_details, t_ours, ans_ours = run("qbench", limit)
     s_ours = ours_details["scoring_seconds"]
     log(f"qbench scorer  {t_ours:9.2f} s   (of which scoring {s_ours:.2f} s; {ours_details['scorer_stats']})")
-    hf, hf_details, t_hf = run("hf", limit)
+    _, plain_details, t_plain, _ = run("qbench", limit, share=False)
+    log(f"  plain rows   {t_plain:9.2f} s   (of which scoring {plain_details['scoring_seconds']:.2f} s; every "
+        f"answer choice in a row of its own: {plain_details['scorer_stats']})")
+    hf, hf_details, t_hf, ans_hf = run("hf", limit)
     s_hf = hf_details["scoring_seconds"]
     log(f"lm-eval HFLM   {t_hf:9.2f} s   (of which scoring {s_hf:.2f} s; batch_size {hf_batch_size})")
     worst, rows = compare_metrics(ours, hf)
+    flips = {n: sum(ans_ours[n][d][0] != ans_hf[n][d][0] for d in ans_hf[n]) for n in ans_hf}
     log(f"speed-up       {t_hf / t_ours:9.2f} x end to end (simple_evaluate), {s_hf / s_ours:.2f} x in the scorer "
-        f"alone (lm-eval's own work, the same for both: ~{t_ours - s_ours:.1f} s)")
-    log(f"max metric difference {worst:.3g} (absolute for accuracies, relative for perplexities)")
+        f"alone (lm-eval's own work, the same for both: ~{t_ours - s_ours:.1f} s); shared-context rows "
+        f"{t_plain / t_ours:.2f} x faster than plain rows")
+    log(f"max metric difference {worst:.3g} (absolute for accuracies, relative for perplexities); items whose "
+        f"answer differs from HFLM's: " + ", ".join(f"{n} {k} of {len(ans_hf[n])}" for n, k in flips.items()))
     log(f"{'task':22s} {'metric':16s} {'qbench':>14s} {'hflm':>14s} {'diff':>10s}")
     for task, metric, x, y, d in rows:
         log(f"{task:22s} {metric:16s} {x:14.6g} {y:14.6g} {d:10.2g}")
@@ -104,7 +116,8 @@ def bench_eval(model_path=None, tasks="paper", limit=None, device=None, dtype="f
         "device": device, "device_name": (torch.cuda.get_device_name(0) if device.startswith("cuda") else
                                           platform.processor() or platform.machine()),
         "tasks": ours_details["tasks"], "limit": limit, "n_samples": ours_details["n_samples"],
-        "seconds": {"qbench": t_ours, "hf": t_hf}, "speedup": t_hf / t_ours,
+        "seconds": {"qbench": t_ours, "qbench_plain_rows": t_plain, "hf": t_hf}, "speedup": t_hf / t_ours,
+        "shared_rows_speedup": t_plain / t_ours, "answer_flips_vs_hf": flips,
         "scoring_seconds": {"qbench": s_ours, "hf": s_hf}, "scoring_speedup": s_hf / s_ours,
         "hf_batch_size": hf_batch_size, "batch_size": batch_size,
         "max_batch_tokens": max_batch_tokens, "scorer_stats": ours_details["scorer_stats"],

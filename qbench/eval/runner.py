@@ -137,14 +137,15 @@ def cache_run_metadata() -> None:
 
 
 def make_lm(model, tokenizer, scorer: str = "qbench", batch_size=None, max_batch_tokens=None,
-            max_length=None):
-    """The lm-eval LM object: our fast scorer ("qbench") or lm-eval's stock HFLM ("hf")."""
+            max_length=None, share_contexts: bool = True):
+    """The lm-eval LM object: our fast scorer ("qbench"; share_contexts: see QBenchLM) or lm-eval's
+    stock HFLM ("hf")."""
     from .adapter import QBenchLM, check_tokenizer
 
     check_tokenizer(tokenizer)
     if scorer == "qbench":
         return QBenchLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
-                        max_batch_tokens=max_batch_tokens, max_length=max_length)
+                        max_batch_tokens=max_batch_tokens, max_length=max_length, share_contexts=share_contexts)
     if scorer == "hf":
         from lm_eval.models.huggingface import HFLM
 
@@ -219,7 +220,7 @@ def run_lm_eval(model, tokenizer, tasks="paper", limit=None, batch_size=None, de
                 online: bool | None = None, max_batch_tokens: int | None = None, max_length: int | None = None,
                 scorer: str = "qbench", bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
                 tasks_dir: Path | None = None, items: bool = False, log_samples: bool = False,
-                reuse_tasks: bool = True) -> dict:
+                reuse_tasks: bool = True, share_contexts: bool = True) -> dict:
     """One simple_evaluate run (see evaluate): {"results" (lm-eval's; with "samples" when
     log_samples), "items" (with items: the per-item results, qbench.eval.items), "tasks" (the task
     objects; their .instances hold this run's requests until the next run), "lm", "names",
@@ -261,7 +262,7 @@ def run_lm_eval(model, tokenizer, tasks="paper", limit=None, batch_size=None, de
                                 f"use the offline tasks (the default; `qbench data prepare` builds them)") from None
             timing["tasks"] = time.perf_counter() - t
             t = time.perf_counter()
-            lm = make_lm(model, tokenizer, scorer, batch_size, max_batch_tokens, max_length)
+            lm = make_lm(model, tokenizer, scorer, batch_size, max_batch_tokens, max_length, share_contexts)
             timing["lm"] = time.perf_counter() - t
             scoring = _time_scoring(lm)
             t = time.perf_counter()

@@ -261,3 +261,18 @@ def test_every_kind_runs_the_maps_path_with_score_and_prob_quantizers(kind):
     assert torch.allclose(out.double(), probs @ v.double(), atol=1e-5)
     plain, _ = attend(q, k, v, kind)
     assert not torch.allclose(out, plain)                                  # the quantizers acted
+
+
+def test_a_mask_changed_in_place_is_looked_at_again():
+    """attend() remembers whether the last 4D mask was the plain causal one (one device wait per
+    forward); a mask changed in place must be examined afresh."""
+    from qbench.attention import attend, visible_mask
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
+    mask = visible_mask(5, 5, None, q.device).expand(1, 1, 5, 5).clone()
+    causal, _ = attend(q, k, v, "softmax", mask=mask)
+    mask[0, 0, 4, 0] = False           # the last query no longer sees the first key
+    changed, _ = attend(q, k, v, "softmax", mask=mask)
+    fresh, _ = attend(q, k, v, "softmax", mask=mask.clone())
+    assert torch.equal(changed, fresh) and not torch.equal(changed, causal)

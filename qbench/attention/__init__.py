@@ -7,6 +7,7 @@ with optional callables `k`, `v` (on [B, Hkv, T, D]; K after RoPE, i.e. what a K
 the materialized maps path runs, never a fused kernel). `backend_log()` records which paths ran.
 """
 import contextlib
+import weakref
 
 import torch
 
@@ -41,8 +42,22 @@ def _ran(path: str) -> None:
         seen.add(path)
 
 
+_LAST_MASK: list = [None, None]   # [weak reference to the last 4D mask, ((its version, tq, tk), result)]
+
+
 def _as_key_mask(mask: torch.Tensor, tq: int, tk: int):
-    """(key_mask, None) when a 4D visibility mask is the causal one with key padding, else (None, mask)."""
+    """(key_mask, None) when a 4D visibility mask is the causal one with key padding, else (None, mask).
+    The check waits for the device; every layer of a forward gets the same mask object, so the
+    answer for the last mask is remembered (one wait per forward, not per layer)."""
+    ref, memo = _LAST_MASK
+    if ref is not None and ref() is mask and memo[0] == (mask._version, tq, tk):
+        return memo[1]
+    result = _reduce_mask(mask, tq, tk)
+    _LAST_MASK[:] = [weakref.ref(mask), ((mask._version, tq, tk), result)]
+    return result
+
+
+def _reduce_mask(mask: torch.Tensor, tq: int, tk: int):
     if mask.dtype != torch.bool:      # an additive float mask: 0 where visible
         mask = mask == 0
     if mask.dim() != 4:

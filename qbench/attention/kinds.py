@@ -117,7 +117,7 @@ def _sdpa_softmax(q, k, v, key_mask, mask, scale):
     valid = mask if mask is not None else visible_mask(tq, tk, key_mask, q.device)
     empty = ~valid.any(dim=-1, keepdim=True)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=valid | empty, scale=scale)
-    return (out.masked_fill(empty, 0.0) if bool(empty.any()) else out), "sdpa"
+    return out.masked_fill(empty, 0.0), "sdpa"   # unconditionally: asking whether any row is empty waits for the device
 
 
 def right_padded_lengths(key_mask: torch.Tensor | None) -> torch.Tensor | None:

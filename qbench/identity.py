@@ -113,13 +113,40 @@ def cell_code_versions(recipe: dict | None) -> dict[str, str]:
     return {name: AREAS[name].version for name in [*COMMON, *areas_of_recipe(recipe)]}
 
 
+def cpu_numerics() -> str:
+    """The CPU as far as it decides which kernels torch runs: torch's vector capability (AVX2,
+    AVX512, ...), the vendor and model name, and a hash of the instruction-set flags
+    (/proc/cpuinfo; on other systems platform.processor()). Two machines of one session's kind
+    gave different GPTQ weights at the same thread count (3-bit LAMBADA perplexity 24,216 vs
+    24,648 on the bundled softmax model): a CPU cell's key holds this, so a store never serves one
+    machine's numbers as another's."""
+    import hashlib
+    import platform
+
+    import torch
+
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            name = name.strip()
+            if name in ("vendor_id", "model name", "flags") and name not in fields:
+                fields[name] = value.strip()
+    except OSError:
+        pass
+    flags = hashlib.sha256(" ".join(sorted(fields.get("flags", "").split())).encode()).hexdigest()[:12]
+    return (f"{torch.backends.cpu.get_cpu_capability()}; {fields.get('vendor_id', '')} "
+            f"{fields.get('model name', platform.processor())}; flags {flags}")
+
+
 def runtime_identity(device: str, cpu_threads: int | None = None) -> dict:
     """Switches that change numbers without changing code: environment variables read on the
     numerical path, the float32 matmul precision and TF32 flags, deterministic-algorithms mode, on
     CUDA the softpick kernel's committed config table (qbench/attention/kernel_configs.json), and on
-    CPU the torch thread count a cell computes with (`cpu_threads`, default this process's): GPTQ's
-    quantized weights differ between 1 and 2 threads (the reduction order of its linear algebra).
-    The cell sets that count before it computes (qbench/sweep/compute.py)."""
+    CPU the torch thread count a cell computes with (`cpu_threads`, default this process's: GPTQ's
+    quantized weights differ between 1 and 2 threads, the reduction order of its linear algebra)
+    and the CPU (cpu_numerics). The cell sets that thread count before it computes
+    (qbench/sweep/compute.py)."""
     import os
 
     import torch
@@ -137,6 +164,7 @@ def runtime_identity(device: str, cpu_threads: int | None = None) -> dict:
                      softpick_kernel_configs=triton_softpick.config_table_version())
     else:
         ident["cpu_threads"] = int(cpu_threads or torch.get_num_threads())
+        ident["cpu"] = cpu_numerics()
     return ident
 
 

@@ -462,6 +462,19 @@ def test_resume_after_kill_9(tiny_pair, tmp_path, data_dir):
     assert dry.returncode == 0 and "0 stored" in dry.stdout, dry.stdout[-2000:]
     assert (f"note: 8 of the cells to compute are stored for {worker_threads(2)} CPU thread(s) per cell (this run: "
             f"{other}); `--cpu-threads {worker_threads(2)}` uses them") in dry.stdout
+    # cells stored on another machine (another CPU in their identity, so other keys) are named, not used
+    other_cpu = tmp_path / "other-cpu"
+    (other_cpu / "cells").mkdir(parents=True)
+    for content, _ in after.values():
+        record = json.loads(content)
+        record["identity"]["runtime"]["cpu"] = "AVX2; GenuineIntel another CPU; flags 000000000000"
+        record["key"] = key_of(record["identity"])
+        (other_cpu / "cells" / f"{record['key']}.json").write_text(json.dumps(record))
+    dry = subprocess.run(_sweep_cmd(path, other_cpu, "--dry-run"), env=env, capture_output=True, text=True,
+                         timeout=400)
+    assert dry.returncode == 0 and "0 stored" in dry.stdout and "8 to compute" in dry.stdout, dry.stdout[-2000:]
+    assert ("note: 8 of the cells to compute are stored for another CPU (AVX2; GenuineIntel another CPU; "
+            "flags 000000000000, ") in dry.stdout and "they are recomputed here" in dry.stdout
     # a third run with the stored thread count computes nothing
     env["OMP_NUM_THREADS"] = str(worker_threads(2))
     again = subprocess.run(_sweep_cmd(path, results), env=env, capture_output=True, text=True, timeout=400)

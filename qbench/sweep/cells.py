@@ -21,7 +21,7 @@ from .. import identity as code_identity
 from ..files import file_sha256
 from .sweepfile import Arm, Sweep
 
-KEY_SCHEMA = 3           # bump when the identity's layout changes
+KEY_SCHEMA = 4           # bump when the identity's layout changes (4: the CPU in a CPU cell's runtime)
 KEY_LENGTH = 20          # hex digits of sha256 kept as the cell key
 _BASE_LIBRARIES = ("torch", "transformers", "tokenizers", "lm_eval", "numpy")
 

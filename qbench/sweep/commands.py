@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+from .. import identity as code_identity
 from ..cli import positive_float, positive_int
 
 
@@ -69,24 +70,25 @@ def _check_executor(args) -> None:
         raise SweepError("command line", ", ".join(given), "only with --executor ray")
 
 
-def _stored_for_other_threads(cells, p, store, threads: int | None) -> dict[int, int]:
-    """Thread count -> how many of the cells to compute are stored, done, under that CPU thread
-    count and otherwise the same identity (a store made with another --workers). Nothing on CUDA,
-    whose keys hold no thread count (the store is then not read a second time)."""
-    def without_threads(ident: dict) -> str:
-        return json.dumps({**ident, "runtime": {k: v for k, v in ident["runtime"].items() if k != "cpu_threads"}},
-                          sort_keys=True, default=str)
+def _stored_for_other_cpu_setups(cells, p, store, threads: int | None) -> dict[tuple, int]:
+    """(thread count, CPU) -> how many of the cells to compute are stored, done, under that CPU
+    thread count and CPU (qbench.identity.cpu_numerics) and otherwise the same identity (a store made
+    with another --workers, or on another machine). Nothing on CUDA, whose keys hold neither (the
+    store is then not read a second time)."""
+    def without_cpu_setup(ident: dict) -> str:
+        return json.dumps({**ident, "runtime": {k: v for k, v in ident["runtime"].items()
+                                                if k not in ("cpu_threads", "cpu")}}, sort_keys=True, default=str)
 
-    missing = {without_threads(c.identity) for c in cells if p.state[c.key][0] == "missing"}
-    found: dict[int, int] = {}
+    missing = {without_cpu_setup(c.identity) for c in cells if p.state[c.key][0] == "missing"}
+    found: dict[tuple, int] = {}
     if threads is None or not missing:
         return found
     for record in store.records().values():
         ident = record.get("identity")
         if (record.get("status") == "done" and isinstance(ident, dict) and isinstance(ident.get("runtime"), dict)
-                and "cpu_threads" in ident["runtime"] and without_threads(ident) in missing):
-            t = ident["runtime"]["cpu_threads"]
-            found[t] = found.get(t, 0) + 1
+                and "cpu_threads" in ident["runtime"] and without_cpu_setup(ident) in missing):
+            other = (ident["runtime"]["cpu_threads"], ident["runtime"].get("cpu"))
+            found[other] = found.get(other, 0) + 1
     return found
 
 
@@ -136,9 +138,14 @@ def cmd_sweep(args) -> int:
           + (f"; removed {removed} stray tmp files" if removed else ""))
     for c in corrupt:
         print(f"  damaged: {p.state[c.key][1]}")
-    for other, n in _stored_for_other_threads(cells, p, store, threads).items():
-        print(f"  note: {n} of the cells to compute are stored for {other} CPU thread(s) per cell (this run: "
-              f"{threads}); `--cpu-threads {other}` uses them")
+    here = code_identity.cpu_numerics()
+    for (other, cpu), n in _stored_for_other_cpu_setups(cells, p, store, threads).items():
+        if cpu == here:
+            print(f"  note: {n} of the cells to compute are stored for {other} CPU thread(s) per cell (this run: "
+                  f"{threads}); `--cpu-threads {other}` uses them")
+        else:
+            print(f"  note: {n} of the cells to compute are stored for another CPU ({cpu or 'not recorded'}, "
+                  f"{other} thread(s) per cell; this machine: {here}): they are recomputed here")
     if args.dry_run:
         names = {"done": "stored", "failed": "failed, retry", "corrupt": "DAMAGED, recompute", "missing": "to compute"}
         for c in cells:

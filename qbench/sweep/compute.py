@@ -3,8 +3,9 @@
 A cell is a pure function of its `CellSpec` (everything it depends on is in the spec and hashed
 into its key), so any executor (this process, worker processes, Ray tasks) can compute it; only
 the driver writes the store. On CPU the key holds the torch thread count, which the cell sets
-before it computes (GPTQ's weights depend on it); it does not hold the CPU's instruction set or the
-GPU model's reduction order; each record states the thread count and device it ran with.
+before it computes (GPTQ's weights depend on it), and the CPU (vector capability, model, flags:
+qbench.identity.cpu_numerics); it does not hold the GPU model's reduction order; each record
+states the thread count and device it ran with.
 
 Per process, each arm is loaded once (lazily: not at all when every cell is stored) and kept on
 the CPU as a master; each cell quantizes a copy on the cell's device. A cell that raises

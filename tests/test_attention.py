@@ -276,3 +276,9 @@ def test_a_mask_changed_in_place_is_looked_at_again():
     changed, _ = attend(q, k, v, "softmax", mask=mask)
     fresh, _ = attend(q, k, v, "softmax", mask=mask.clone())
     assert torch.equal(changed, fresh) and not torch.equal(changed, causal)
+    with torch.inference_mode():   # inference tensors have no version counter: examined every time
+        inf_mask = visible_mask(5, 5, None, q.device).expand(1, 1, 5, 5).clone()
+        inf_causal, _ = attend(q, k, v, "softmax", mask=inf_mask)
+        inf_mask[0, 0, 4, 0] = False
+        inf_changed, _ = attend(q, k, v, "softmax", mask=inf_mask)
+    assert torch.equal(inf_causal, causal) and torch.equal(inf_changed, fresh)

@@ -49,6 +49,8 @@ def _as_key_mask(mask: torch.Tensor, tq: int, tk: int):
     """(key_mask, None) when a 4D visibility mask is the causal one with key padding, else (None, mask).
     The check waits for the device; every layer of a forward gets the same mask object, so the
     answer for the last mask is remembered (one wait per forward, not per layer)."""
+    if mask.is_inference():   # no version counter: a change in place could not be seen
+        return _reduce_mask(mask, tq, tk)
     ref, memo = _LAST_MASK
     if ref is not None and ref() is mask and memo[0] == (mask._version, tq, tk):
         return memo[1]

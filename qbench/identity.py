@@ -19,6 +19,7 @@ renamed file cannot drop out of the keys silently).
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import sys
@@ -113,6 +114,7 @@ def cell_code_versions(recipe: dict | None) -> dict[str, str]:
     return {name: AREAS[name].version for name in [*COMMON, *areas_of_recipe(recipe)]}
 
 
+@functools.cache   # read once per process: runtime_identity asks for it for every cell
 def cpu_numerics() -> str:
     """The CPU as far as it decides which kernels torch runs: torch's vector capability (AVX2,
     AVX512, ...), the vendor and model name, and a hash of the instruction-set flags
@@ -120,7 +122,6 @@ def cpu_numerics() -> str:
     gave different GPTQ weights at the same thread count (3-bit LAMBADA perplexity 24,216 vs
     24,648 on the bundled softmax model): a CPU cell's key holds this, so a store never serves one
     machine's numbers as another's."""
-    import hashlib
     import platform
 
     import torch

@@ -9,7 +9,7 @@ import time
 import torch
 
 from qbench.bench import models as bench_models
-from qbench.eval.runner import evaluate
+from qbench.eval.runner import evaluate, run_lm_eval
 
 size, out = sys.argv[1], sys.argv[2]
 model, tok, _ = bench_models.load_spec(f"random:{size}", "cuda", torch.bfloat16)
@@ -19,7 +19,6 @@ with open(out, "w") as f:
         prof = cProfile.Profile()
         t = time.perf_counter()
         prof.enable()
-        from qbench.eval.runner import run_lm_eval
         r = run_lm_eval(model, tok, tasks="paper", limit=None, bootstrap_iters=0, share_contexts=share)
         torch.cuda.synchronize()
         prof.disable()
